@@ -1,0 +1,25 @@
+//! Keel's protobuf wire types and gRPC service stubs.
+//!
+//! `etcdserverpb`, `mvccpb` and `authpb` are etcd's v3 client API, written by Keel in `proto/etcd/`
+//! so that unmodified etcd clients (etcdctl, the `etcd-client` crate, Kubernetes) talk to Keel.
+//!
+//! Invariant: only API-layer code (gRPC servers and clients) depends on this crate; the store's
+//! engine, Raft log and state machine use their own domain types.
+
+/// etcd's key-value record and watch event (`mvccpb`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's users, roles and permissions (`authpb`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 client API: KV, Watch, Lease, Cluster, Maintenance and Auth (`etcdserverpb`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

@@ -1,0 +1,236 @@
+//! The `keel` binary: every server role and the admin CLI behind one clap command line.
+//!
+//! `keel store` runs a store member with etcd's flag names and defaults. It serves until SIGTERM or
+//! SIGINT, then stops accepting requests and shuts Raft down cleanly; a SIGKILL loses no
+//! acknowledged write because writes are acknowledged only once their log entry is fsynced.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keel_store::server::{ClusterState, Member, StoreConfig, parse_url};
+
+/// Keel: a Kubernetes-style control plane on its own Raft-replicated, etcd-compatible store.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a member of the etcd-compatible store.
+    Store(Box<StoreArgs>),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InitialClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Flags named like etcd's, with etcd's defaults (on 127.0.0.1).
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory (default: `<name>.keel`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs to advertise to the cluster, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// This member's peer URLs to advertise to the cluster, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping: name=URL,... (default: this member alone).
+    #[arg(long, default_value = "")]
+    initial_cluster: String,
+    /// Initial cluster state.
+    #[arg(long, value_enum, default_value = "new")]
+    initial_cluster_state: InitialClusterState,
+    /// Initial cluster token, which keeps clusters with the same members apart.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Maximum client request size in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
+    /// URLs to serve Prometheus metrics on (`/metrics`), comma-separated; loopback or explicit
+    /// addresses only.
+    #[arg(long, value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 30s, 500ms).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    experimental_watch_progress_notify_interval: Duration,
+    /// Log level.
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: LogLevel,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 10m, 30s or 500ms"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" | "" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value * 60),
+        "h" => Duration::from_secs(value * 3600),
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    if duration.is_zero() {
+        return Err("a duration must be positive".into());
+    }
+    Ok(duration)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Store(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("keel")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run_store(*args))
+        }
+    }
+}
+
+fn init_logging(level: LogLevel) {
+    let filter = match level {
+        LogLevel::Debug => "debug,openraft=info,h2=info,tower=info,hyper=info",
+        LogLevel::Info => "info,openraft=warn",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| filter.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn store_config(args: &StoreArgs) -> StoreConfig {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.keel", args.name)));
+    let mut config = StoreConfig::with_data_dir(data_dir);
+    config.name = args.name.clone();
+    config.listen_client_urls = args.listen_client_urls.clone();
+    config.advertise_client_urls = args.advertise_client_urls.clone();
+    config.listen_peer_urls = args.listen_peer_urls.clone();
+    config.initial_advertise_peer_urls = args.initial_advertise_peer_urls.clone();
+    config.initial_cluster = args.initial_cluster.clone();
+    config.initial_cluster_state = match args.initial_cluster_state {
+        InitialClusterState::New => ClusterState::New,
+        InitialClusterState::Existing => ClusterState::Existing,
+    };
+    config.initial_cluster_token = args.initial_cluster_token.clone();
+    config.max_request_bytes = args.max_request_bytes;
+    config.max_txn_ops = args.max_txn_ops;
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval);
+    config.election_timeout = Duration::from_millis(args.election_timeout);
+    config.snapshot_count = args.snapshot_count;
+    config.watch_progress_notify_interval = args.experimental_watch_progress_notify_interval;
+    config
+}
+
+fn metrics_address(url: &str) -> Result<SocketAddr> {
+    let addrs = parse_url(url)?;
+    let addr = addrs[0];
+    if addr.ip().is_unspecified() {
+        bail!("--listen-metrics-urls {url}: bind metrics to an explicit address, not a wildcard");
+    }
+    Ok(addr)
+}
+
+async fn run_store(args: StoreArgs) -> Result<()> {
+    init_logging(args.log_level);
+    if args.heartbeat_interval == 0 || args.election_timeout < 5 * args.heartbeat_interval {
+        bail!("--election-timeout must be at least five times --heartbeat-interval");
+    }
+    let config = store_config(&args);
+
+    match args.listen_metrics_urls.as_slice() {
+        [] => {}
+        [url] => {
+            let addr = metrics_address(url)?;
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+                .context("configuring metric buckets")?
+                .install()
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        }
+        _ => bail!("--listen-metrics-urls takes one URL in this build"),
+    }
+
+    let mut listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        for addr in parse_url(url)? {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for clients on {addr}"))?;
+            listeners.push(listener);
+        }
+    }
+
+    let member = Member::start(config.clone()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(keel_store::api::serve(member.clone(), listeners, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(urls = %config.listen_client_urls.join(","), "ready to serve client requests");
+
+    let stopped_by = wait_for_signal().await?;
+    tracing::info!(signal = stopped_by, "shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "client API stopped with an error"),
+        Ok(Err(err)) => tracing::warn!(%err, "client API task failed"),
+        Err(_) => tracing::warn!("client connections did not close within 10s"),
+    }
+    member.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,155 @@
+//! etcd's Lease service. Grants and revokes go through the log; keep-alives renew the leader's
+//! in-memory deadline (not replicated, as in etcd); lookups read the local lease table after the
+//! member has applied everything committed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use keel_proto::etcdserverpb as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Api, observe};
+use crate::error::StoreError;
+use crate::raft::{Command, CommandResponse};
+
+/// Keep-alive responses buffered per stream before the reader waits for the client.
+const KEEPALIVE_BUFFER: usize = 16;
+
+/// The Lease service.
+#[derive(Clone, Debug)]
+pub struct LeaseService {
+    api: Arc<Api>,
+}
+
+impl LeaseService {
+    pub(super) fn new(api: Arc<Api>) -> Self {
+        Self { api }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        observe("LeaseGrant", async {
+            let req = request.into_inner();
+            self.api.check_size(req.encoded_len())?;
+            let id = if req.id == 0 { self.api.member.next_lease_id() } else { req.id };
+            match self.api.member.propose(Command::LeaseGrant { id, ttl: req.ttl }).await? {
+                CommandResponse::LeaseGrant { id, ttl, revision } => Ok(Response::new(pb::LeaseGrantResponse {
+                    header: self.api.header(revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                })),
+                other => Err(StoreError::Internal(format!("unexpected apply result {other:?}")).into()),
+            }
+        })
+        .await
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        observe("LeaseRevoke", async {
+            let id = request.into_inner().id;
+            match self.api.member.propose(Command::LeaseRevoke { id }).await? {
+                CommandResponse::LeaseRevoke { revision } => {
+                    Ok(Response::new(pb::LeaseRevokeResponse { header: self.api.header(revision) }))
+                }
+                other => Err(StoreError::Internal(format!("unexpected apply result {other:?}")).into()),
+            }
+        })
+        .await
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        metrics::counter!("keel_grpc_requests_total", "method" => "LeaseKeepAlive", "code" => "OK").increment(1);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
+        let api = self.api.clone();
+        // Ends when the client closes its side or goes away (the send fails), or the server shuts
+        // down, dropping `tx`, which ends the response stream.
+        let shutting_down = api.shutting_down();
+        tokio::spawn(async move {
+            tokio::pin!(shutting_down);
+            loop {
+                let req = tokio::select! {
+                    next = inbound.message() => match next {
+                        Ok(Some(req)) => req,
+                        _ => return,
+                    },
+                    () = &mut shutting_down => return,
+                };
+                let reply = match api.member.renew_lease(req.id) {
+                    Ok(ttl) => Ok(ttl),
+                    Err(StoreError::LeaseNotFound) => Ok(0),
+                    Err(StoreError::NotLeader) => Err(Status::from(StoreError::NoLeader)),
+                    Err(err) => Err(Status::from(err)),
+                };
+                let message =
+                    reply.map(|ttl| pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl });
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        observe("LeaseTimeToLive", async {
+            let req = request.into_inner();
+            self.api.member.wait_applied().await?;
+            let lessor = self.api.member.core().lessor();
+            let Some(info) = lessor.lookup(req.id) else {
+                // etcd answers a missing lease with TTL -1 rather than an error.
+                return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                    header: self.api.current_header(),
+                    id: req.id,
+                    ttl: -1,
+                    ..Default::default()
+                }));
+            };
+            let keys = if req.keys { lessor.attached_keys(req.id).map_err(StoreError::from)? } else { Vec::new() };
+            Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: self.api.current_header(),
+                id: req.id,
+                ttl: info.remaining_ttl,
+                granted_ttl: info.granted_ttl,
+                keys,
+            }))
+        })
+        .await
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        observe("LeaseLeases", async {
+            self.api.member.wait_applied().await?;
+            let leases = self.api.member.core().lessor().ids().into_iter().map(|id| pb::LeaseStatus { id }).collect();
+            Ok(Response::new(pb::LeaseLeasesResponse { header: self.api.current_header(), leases }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,144 @@
+//! The client API: gRPC services wire-compatible with etcd v3 (`etcdserverpb`).
+//!
+//! API boundary: this is the only module that knows protobuf or gRPC. It validates requests with
+//! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
+//! MVCC, and maps every error through one table (`status`). Absent on purpose until their issues
+//! land: Auth (answers Unimplemented), membership changes, Snapshot, Defragment, MoveLeader,
+//! Downgrade and alarm changes.
+
+mod cluster;
+mod convert;
+mod kv;
+mod lease;
+mod maintenance;
+mod status;
+mod validate;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use keel_proto::etcdserverpb as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+pub use status::{code as status_code, to_status};
+
+use crate::error::StoreError;
+use crate::server::Member;
+
+/// Extra room gRPC frames get above `--max-request-bytes` (etcd's `grpcOverheadBytes`).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// What every service shares.
+#[derive(Debug)]
+pub(crate) struct Api {
+    member: Arc<Member>,
+    /// Becomes true when the server starts shutting down. Long-lived streams (watch, keep-alive)
+    /// end on it, because graceful shutdown waits for every open stream to finish.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Api {
+    /// A full response header at `revision`.
+    fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.member.cluster_id(),
+            member_id: self.member.member_id(),
+            revision,
+            raft_term: self.member.raft_term(),
+        })
+    }
+
+    /// A header at the latest revision.
+    fn current_header(&self) -> Option<pb::ResponseHeader> {
+        self.header(self.member.core().mvcc().current_revision())
+    }
+
+    /// Completes when the server starts shutting down.
+    fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        }
+    }
+
+    /// Refuses requests above `--max-request-bytes`.
+    fn check_size(&self, encoded_len: usize) -> Result<(), StoreError> {
+        if encoded_len > self.member.config().max_request_bytes {
+            return Err(StoreError::RequestTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Runs a handler, recording its count, outcome and latency.
+async fn observe<T>(method: &'static str, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    let start = Instant::now();
+    let result = handler.await;
+    let code = match &result {
+        Ok(_) => "OK".to_string(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    metrics::counter!("keel_grpc_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("keel_grpc_request_duration_seconds", "method" => method).record(start.elapsed().as_secs_f64());
+    result
+}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the client API on `listeners` until `shutdown` completes.
+pub async fn serve(
+    member: Arc<Member>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let limit = member.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let api = Arc::new(Api { member, shutdown: shutdown_rx });
+    let shutdown = async move {
+        shutdown.await;
+        shutdown_tx.send_replace(true);
+    };
+    let kv = pb::kv_server::KvServer::new(kv::KvService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let watch = pb::watch_server::WatchServer::new(watch::WatchService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(api))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+
+    // Small requests and responses must not wait for Nagle's algorithm.
+    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
+        conn.and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_service(kv)
+        .add_service(watch)
+        .add_service(lease)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The one table mapping store errors to gRPC statuses, with etcd's codes and messages
+//! (`etcdserver: ` + the error's text), so etcd clients recognise and retry them as they do etcd's.
+
+use tonic::{Code, Status};
+
+use crate::error::StoreError;
+
+/// The gRPC code etcd uses for each error.
+pub fn code(err: &StoreError) -> Code {
+    match err {
+        StoreError::EmptyKey
+        | StoreError::KeyNotFound
+        | StoreError::ValueProvided
+        | StoreError::LeaseProvided
+        | StoreError::TooManyOps
+        | StoreError::DuplicateKey
+        | StoreError::RequestTooLarge => Code::InvalidArgument,
+        StoreError::Compacted { .. } | StoreError::FutureRevision | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
+        StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
+        StoreError::LeaseExists | StoreError::NotLeader => Code::FailedPrecondition,
+        StoreError::NoLeader | StoreError::LeaderChanged | StoreError::Timeout | StoreError::Stopped => {
+            Code::Unavailable
+        }
+        StoreError::Unsupported(_) => Code::Unimplemented,
+        StoreError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The gRPC status for an error.
+pub fn to_status(err: &StoreError) -> Status {
+    Status::new(code(err), format!("etcdserver: {err}"))
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        to_status(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_etcd() {
+        let cases = [
+            (StoreError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (
+                StoreError::Compacted { compact_revision: 3 },
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (StoreError::FutureRevision, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            (StoreError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
+            (StoreError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            (StoreError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
+            (StoreError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (StoreError::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
+            (StoreError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
+        ];
+        for (err, code, message) in cases {
+            let status = to_status(&err);
+            assert_eq!(status.code(), code, "{err:?}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}

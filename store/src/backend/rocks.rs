@@ -1,0 +1,200 @@
+//! The RocksDB [`Backend`]: one database directory, one column family per [`Cf`], one write-ahead log.
+//!
+//! Invariants:
+//! - a single WAL orders every write across column families, and recovery uses point-in-time mode, so
+//!   a recovered database is always a prefix of the writes issued (an acknowledged, synced write is
+//!   never lost and nothing after a lost write survives);
+//! - synced writes use `WriteOptions::set_sync(true)`; `flush_wal` is `FlushWAL(sync = true)`.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator,
+    DBRecoveryMode, Options, WriteOptions,
+};
+
+use super::{Backend, BackendError, BatchOp, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
+
+/// Tuning knobs for the RocksDB backend.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Size of the block cache shared by every column family.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        Self { block_cache_bytes: 64 << 20 }
+    }
+}
+
+/// A RocksDB database holding every column family of the store.
+pub struct RocksBackend {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RocksBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksBackend").field("path", &self.path).finish()
+    }
+}
+
+fn engine(err: rocksdb::Error) -> BackendError {
+    BackendError::Engine(err.into_string())
+}
+
+impl RocksBackend {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, options: &RocksOptions) -> Result<Self, BackendError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_paranoid_checks(true);
+        db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_log_file_size(16 << 20);
+        db_opts.set_max_total_wal_size(256 << 20);
+
+        let descriptors = Cf::ALL.iter().map(|cf| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&table);
+            cf_opts.set_compression_type(DBCompressionType::Lz4);
+            cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(engine)?;
+        Ok(Self { db, path })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn handle(&self, cf: Cf) -> &ColumnFamily {
+        // Every Cf is created at open (`create_missing_column_families`), so a missing handle is a
+        // programming error in this module, not a runtime condition.
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(cf.name()).expect("every column family is created when the database opens")
+    }
+
+    fn sum_property(&self, name: &str) -> u64 {
+        Cf::ALL.iter().filter_map(|&cf| self.db.property_int_value_cf(self.handle(cf), name).ok().flatten()).sum()
+    }
+}
+
+impl Backend for RocksBackend {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.db.get_cf(self.handle(cf), key).map_err(engine)
+    }
+
+    fn multi_get(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let handle = self.handle(cf);
+        self.db
+            .batched_multi_get_cf(handle, keys.iter(), false)
+            .into_iter()
+            .map(|res| res.map(|slice| slice.map(|s| s.to_vec())).map_err(engine))
+            .collect()
+    }
+
+    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_> {
+        Box::new(RocksCursor { inner: self.db.raw_iterator_cf(self.handle(cf)) })
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), BackendError> {
+        let mut rocks_batch = rocksdb::WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put { cf, key, value } => rocks_batch.put_cf(self.handle(cf), key, value),
+                BatchOp::Delete { cf, key } => rocks_batch.delete_cf(self.handle(cf), key),
+                BatchOp::DeleteRange { cf, from, to } => {
+                    if from < to {
+                        rocks_batch.delete_range_cf(self.handle(cf), from, to);
+                    }
+                }
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durability == Durability::Synced);
+        self.db.write_opt(rocks_batch, &opts).map_err(engine)
+    }
+
+    fn flush_wal(&self) -> Result<(), BackendError> {
+        self.db.flush_wal(true).map_err(engine)
+    }
+
+    fn export(&self, cfs: &[Cf], visit: &mut ExportVisitor<'_>) -> Result<(), BackendError> {
+        let snapshot = self.db.snapshot();
+        for &cf in cfs {
+            let mut iter = snapshot.raw_iterator_cf(self.handle(cf));
+            iter.seek_to_first();
+            while let Some((key, value)) = iter.item() {
+                visit(cf, key, value)?;
+                iter.next();
+            }
+            iter.status().map_err(engine)?;
+        }
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.sum_property("rocksdb.total-sst-files-size") + self.sum_property("rocksdb.size-all-mem-tables")
+    }
+
+    fn size_in_use_bytes(&self) -> u64 {
+        self.sum_property("rocksdb.live-sst-files-size") + self.sum_property("rocksdb.size-all-mem-tables")
+    }
+}
+
+struct RocksCursor<'a> {
+    inner: DBRawIterator<'a>,
+}
+
+impl Cursor for RocksCursor<'_> {
+    fn seek(&mut self, key: &[u8]) {
+        self.inner.seek(key);
+    }
+
+    fn seek_for_prev(&mut self, key: &[u8]) {
+        self.inner.seek_for_prev(key);
+    }
+
+    fn seek_to_first(&mut self) {
+        self.inner.seek_to_first();
+    }
+
+    fn seek_to_last(&mut self) {
+        self.inner.seek_to_last();
+    }
+
+    fn next(&mut self) {
+        if self.inner.valid() {
+            self.inner.next();
+        }
+    }
+
+    fn prev(&mut self) {
+        if self.inner.valid() {
+            self.inner.prev();
+        }
+    }
+
+    fn entry(&self) -> Option<(&[u8], &[u8])> {
+        self.inner.item()
+    }
+
+    fn status(&self) -> Result<(), BackendError> {
+        self.inner.status().map_err(engine)
+    }
+}

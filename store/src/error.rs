@@ -1,0 +1,114 @@
+//! The errors a client request can end with, independent of any wire protocol.
+//!
+//! `Display` texts are etcd's messages without the `etcdserver: ` prefix; the API layer's single
+//! mapping table (`api::status`) adds the prefix and the gRPC code etcd uses for each.
+
+use crate::lease::LeaseError;
+use crate::mvcc::MvccError;
+use crate::raft::ApplyError;
+
+/// Why a client request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A request without a key.
+    #[error("key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a missing key, or an empty transaction operation.
+    #[error("key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("lease is provided")]
+    LeaseProvided,
+    /// More than `--max-txn-ops` operations in a transaction.
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    /// A transaction writes one key twice.
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// A request above `--max-request-bytes`.
+    #[error("request is too large")]
+    RequestTooLarge,
+    /// The revision was compacted.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted {
+        /// The compaction revision.
+        compact_revision: i64,
+    },
+    /// The revision is in the future.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// No such lease.
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    /// The lease id is taken.
+    #[error("lease already exists")]
+    LeaseExists,
+    /// The TTL is above the maximum.
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// No member leads.
+    #[error("no leader")]
+    NoLeader,
+    /// This member does not lead and cannot serve the request.
+    #[error("not leader")]
+    NotLeader,
+    /// Leadership changed while the request was in flight; its outcome is unknown.
+    #[error("leader changed")]
+    LeaderChanged,
+    /// The request did not complete in time; its outcome is unknown.
+    #[error("request timed out")]
+    Timeout,
+    /// The member is shutting down.
+    #[error("server stopped")]
+    Stopped,
+    /// No such member.
+    #[error("member not found")]
+    MemberNotFound,
+    /// The operation is not available in this build or configuration.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Storage or another internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ApplyError> for StoreError {
+    fn from(err: ApplyError) -> Self {
+        match err {
+            ApplyError::Compacted { compact_revision } => StoreError::Compacted { compact_revision },
+            ApplyError::FutureRevision => StoreError::FutureRevision,
+            ApplyError::KeyNotFound => StoreError::KeyNotFound,
+            ApplyError::LeaseNotFound => StoreError::LeaseNotFound,
+            ApplyError::LeaseExists => StoreError::LeaseExists,
+            ApplyError::LeaseTtlTooLarge => StoreError::LeaseTtlTooLarge,
+        }
+    }
+}
+
+impl From<MvccError> for StoreError {
+    fn from(err: MvccError) -> Self {
+        match err {
+            MvccError::Compacted { compact_revision } => StoreError::Compacted { compact_revision },
+            MvccError::FutureRevision => StoreError::FutureRevision,
+            MvccError::KeyNotFound => StoreError::KeyNotFound,
+            MvccError::LeaseNotFound => StoreError::LeaseNotFound,
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<LeaseError> for StoreError {
+    fn from(err: LeaseError) -> Self {
+        match err {
+            LeaseError::NotFound => StoreError::LeaseNotFound,
+            LeaseError::Exists => StoreError::LeaseExists,
+            LeaseError::TtlTooLarge => StoreError::LeaseTtlTooLarge,
+            LeaseError::NotPrimary => StoreError::NotLeader,
+            LeaseError::Mvcc(err) => err.into(),
+            LeaseError::Backend(err) => StoreError::Internal(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Keel's store: an etcd-v3-compatible, Raft-replicated MVCC key-value store.
+//!
+//! Layers, top to bottom (only `api` knows protobuf or gRPC):
+//! - `api`: gRPC services wire-compatible with etcd v3; validation and error mapping.
+//! - `server`: a running member: proposals to Raft and waiting for their results, linearizable
+//!   reads, the lease expiry loop, metrics.
+//! - `raft`: the replicated log (openraft), the log store, the deterministic state machine, snapshots.
+//! - `mvcc`, `lease`, `watch`: the data model the state machine applies to.
+//! - `backend`: ordered key-value storage (RocksDB, or memory for tests).
+//!
+//! Invariant: every state change, lease expiry included, is a Raft log entry applied by the state
+//! machine; nothing else writes the state-machine column families.
+
+pub mod api;
+pub mod backend;
+pub mod error;
+pub mod format;
+pub mod lease;
+pub mod mvcc;
+pub mod raft;
+pub mod server;
+pub mod watch;
+
+mod serde_bytes;

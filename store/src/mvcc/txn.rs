@@ -1,0 +1,205 @@
+//! The write side: a [`WriteTxn`] collects the changes of one mutating request into one backend
+//! batch under one new revision, and keeps an overlay so the request's later operations read its own
+//! earlier writes (as etcd's transactions do).
+//!
+//! Invariants: nothing reaches the backend before [`WriteTxn::commit`]; a transaction that changed
+//! nothing leaves the revision unchanged; lease attachments are updated in the same batch as the
+//! keys they describe.
+
+use std::ops::ControlFlow;
+
+use super::encoding::{IndexEntry, Record, RecordKind, index_key, lease_attachment_key, revision_key};
+use super::read::Overlay;
+use super::{Event, EventKind, KeyValue, Mvcc, MvccError, RangeEnd, RangeRequest, RangeResponse, Revision};
+use crate::backend::{Cf, Durability, WriteBatch};
+use crate::format;
+
+/// An uncommitted mutating request.
+pub struct WriteTxn<'a> {
+    mvcc: &'a Mvcc,
+    /// The committed revision this transaction builds on.
+    base: i64,
+    next_sub: i64,
+    /// Attach the previous version to every event (some watcher or the request wants it).
+    want_prev_values: bool,
+    overlay: Overlay,
+    events: Vec<Event>,
+    batch: WriteBatch,
+}
+
+/// What a committed transaction produced.
+#[derive(Debug)]
+pub struct Committed {
+    /// The store revision after the commit.
+    pub revision: i64,
+    /// The changes, in order (empty when nothing changed).
+    pub events: Vec<Event>,
+}
+
+impl Mvcc {
+    /// Starts a write transaction on the latest committed revision. Only the apply path may hold one.
+    pub fn write_txn(&self, want_prev_values: bool) -> WriteTxn<'_> {
+        WriteTxn {
+            mvcc: self,
+            base: self.current_revision(),
+            next_sub: 0,
+            want_prev_values,
+            overlay: Overlay::new(),
+            events: Vec::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+}
+
+impl<'a> WriteTxn<'a> {
+    /// The MVCC store this transaction writes to.
+    pub fn mvcc(&self) -> &'a Mvcc {
+        self.mvcc
+    }
+
+    /// The committed revision this transaction started from.
+    pub fn base_revision(&self) -> i64 {
+        self.base
+    }
+
+    /// The revision reads inside the transaction observe: the base, plus one once anything changed.
+    pub fn revision(&self) -> i64 {
+        if self.events.is_empty() { self.base } else { self.base + 1 }
+    }
+
+    fn write_revision(&mut self) -> Revision {
+        let rev = Revision { main: self.base + 1, sub: self.next_sub };
+        self.next_sub += 1;
+        rev
+    }
+
+    /// A range read that sees this transaction's own writes.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let mut resp = self.mvcc.range_with(req, self.base, Some(&self.overlay))?;
+        resp.revision = self.revision();
+        Ok(resp)
+    }
+
+    /// The latest version of `key`, seeing this transaction's writes; the value is loaded only when
+    /// `with_value`.
+    pub fn get(&self, key: &[u8], with_value: bool) -> Result<Option<KeyValue>, MvccError> {
+        if let Some(state) = self.overlay.get(key) {
+            return Ok(state.clone());
+        }
+        let mut found = None;
+        self.mvcc.scan_index(key, &RangeEnd::Single, self.base, |hit| {
+            found = Some(hit);
+            ControlFlow::Break(())
+        })?;
+        match found {
+            None => Ok(None),
+            Some(hit) if with_value => Ok(self.mvcc.fetch_values(vec![hit])?.pop()),
+            Some(hit) => Ok(Some(hit.into_key_value(Vec::new()))),
+        }
+    }
+
+    /// Writes `key`; returns the new version and the previous one (with its value when
+    /// `want_prev_value` or the transaction wants previous values).
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        want_prev_value: bool,
+    ) -> Result<(KeyValue, Option<KeyValue>), MvccError> {
+        let prev = self.get(key, want_prev_value || self.want_prev_values)?;
+        let rev = self.write_revision();
+        let entry = IndexEntry {
+            kind: RecordKind::Put,
+            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+        };
+        let record = Record { meta: entry, key: key.to_vec(), value };
+        self.batch.put(Cf::Index, index_key(key, rev), entry.encode());
+        self.batch.put(Cf::Revs, revision_key(rev), record.encode());
+        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if prev_lease != lease {
+            if prev_lease != 0 {
+                self.batch.delete(Cf::Leases, lease_attachment_key(prev_lease, key));
+            }
+            if lease != 0 {
+                self.batch.put(Cf::Leases, lease_attachment_key(lease, key), Vec::new());
+            }
+        }
+        let kv = KeyValue {
+            key: record.key,
+            create_revision: entry.create_revision,
+            mod_revision: rev.main,
+            version: entry.version,
+            value: record.value,
+            lease,
+        };
+        self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+            prev_kv: prev.clone().filter(|_| self.want_prev_values),
+        });
+        Ok((kv, prev))
+    }
+
+    /// Deletes every live key in `[key, range_end)` (etcd range-end convention); returns the deleted
+    /// versions in key order (with values when `want_prev_values` or the transaction wants them).
+    pub fn delete_range(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        want_prev_values: bool,
+    ) -> Result<Vec<KeyValue>, MvccError> {
+        let with_values = want_prev_values || self.want_prev_values;
+        let doomed = self
+            .range(&RangeRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                keys_only: !with_values,
+                ..RangeRequest::default()
+            })?
+            .kvs;
+        for prev in &doomed {
+            let rev = self.write_revision();
+            let entry = IndexEntry { kind: RecordKind::Tombstone, create_revision: 0, version: 0, lease: 0 };
+            let record = Record { meta: entry, key: prev.key.clone(), value: Vec::new() };
+            self.batch.put(Cf::Index, index_key(&prev.key, rev), entry.encode());
+            self.batch.put(Cf::Revs, revision_key(rev), record.encode());
+            if prev.lease != 0 {
+                self.batch.delete(Cf::Leases, lease_attachment_key(prev.lease, &prev.key));
+            }
+            self.overlay.insert(prev.key.clone(), None);
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue { key: prev.key.clone(), mod_revision: rev.main, ..KeyValue::default() },
+                prev_kv: Some(prev.clone()).filter(|_| self.want_prev_values),
+            });
+        }
+        Ok(doomed)
+    }
+
+    /// True when the transaction changed something.
+    pub fn has_changes(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Writes the changes plus `extra` (the caller's metadata, such as the applied log id) as one
+    /// atomic batch, then publishes the new revision to readers.
+    pub fn commit(mut self, extra: WriteBatch, durability: Durability) -> Result<Committed, MvccError> {
+        let changed = self.has_changes();
+        let revision = self.revision();
+        if changed {
+            self.batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
+        }
+        self.batch.extend(extra);
+        if !self.batch.is_empty() {
+            self.mvcc.backend.write(self.batch, durability)?;
+        }
+        if changed {
+            self.mvcc.current.store(revision, std::sync::atomic::Ordering::Release);
+        }
+        Ok(Committed { revision, events: self.events })
+    }
+}

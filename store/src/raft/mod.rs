@@ -1,0 +1,202 @@
+//! Raft: the replicated log every state change goes through, built on openraft.
+//!
+//! - [`Command`] is what a log entry carries; its [`CommandResult`] is what applying it returned.
+//! - `log_store`: the Raft log and vote in the backend, fsynced before openraft is told they are durable.
+//! - `state_machine`: deterministic apply into MVCC, leases and watches, with the applied log id written
+//!   in the same batch as the data; snapshots for log compaction and lagging members.
+//! - `network`: how members reach each other.
+//!
+//! Invariant: applying the same log to the same snapshot yields the same state on every member; nothing
+//! in apply reads the clock, randomness or member-local configuration.
+
+mod log_store;
+mod network;
+mod snapshot;
+mod state_machine;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use network::PeerNetwork;
+pub use snapshot::SnapshotFile;
+pub use state_machine::{StateMachine, StoreCore};
+
+use crate::mvcc::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
+
+/// A member as recorded in the Raft membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// Human-readable name (`--name`).
+    pub name: String,
+    /// URLs peers use to reach this member.
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// A state change, as recorded in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A put.
+    Put(PutRequest),
+    /// A range delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A transaction with at least one write.
+    Txn(TxnRequest),
+    /// Discard history below a revision.
+    Compact {
+        /// The compaction revision.
+        revision: i64,
+    },
+    /// Create a lease (the id is chosen before proposing, so apply is deterministic).
+    LeaseGrant {
+        /// Lease id.
+        id: i64,
+        /// Requested TTL in seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease at a client's request.
+    LeaseRevoke {
+        /// Lease id.
+        id: i64,
+    },
+    /// Revoke leases the leader found expired; ids no longer present are skipped.
+    LeaseExpire {
+        /// Lease ids.
+        ids: Vec<i64>,
+    },
+    /// Record a member's client URLs (published by the member when it starts).
+    PublishMember {
+        /// Member id.
+        id: u64,
+        /// Member name.
+        name: String,
+        /// Client URLs.
+        client_urls: Vec<String>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put(p) => write!(f, "put {:?}", String::from_utf8_lossy(&p.key)),
+            Command::DeleteRange(d) => write!(f, "delete {:?}", String::from_utf8_lossy(&d.key)),
+            Command::Txn(t) => write!(f, "txn ({} compares)", t.compare.len()),
+            Command::Compact { revision } => write!(f, "compact {revision}"),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease grant {id:x} ttl {ttl}"),
+            Command::LeaseRevoke { id } => write!(f, "lease revoke {id:x}"),
+            Command::LeaseExpire { ids } => write!(f, "lease expire ({} leases)", ids.len()),
+            Command::PublishMember { id, .. } => write!(f, "publish member {id:x}"),
+        }
+    }
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// A blank or membership entry.
+    None,
+    /// Result of a put.
+    Put(PutResponse),
+    /// Result of a range delete.
+    DeleteRange(DeleteRangeResponse),
+    /// Result of a transaction.
+    Txn(TxnResponse),
+    /// A compaction was recorded.
+    Compact {
+        /// Store revision.
+        revision: i64,
+    },
+    /// A lease was granted.
+    LeaseGrant {
+        /// Lease id.
+        id: i64,
+        /// Granted TTL.
+        ttl: i64,
+        /// Store revision.
+        revision: i64,
+    },
+    /// A lease was revoked, or expired leases were.
+    LeaseRevoke {
+        /// Store revision.
+        revision: i64,
+    },
+    /// A member's attributes were recorded.
+    MemberPublished,
+}
+
+/// A request the state machine refused. Refusals are deterministic (every member refuses the same
+/// entry the same way) and change nothing. `Display` texts are etcd's, without `etcdserver: `.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// The revision was compacted.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted {
+        /// The compaction revision.
+        compact_revision: i64,
+    },
+    /// The revision is in the future.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// `ignore_value`/`ignore_lease` on a missing key.
+    #[error("key not found")]
+    KeyNotFound,
+    /// No such lease.
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    /// The lease id is taken.
+    #[error("lease already exists")]
+    LeaseExists,
+    /// The TTL is above the maximum.
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+}
+
+/// The outcome of applying one command.
+pub type CommandResult = Result<CommandResponse, ApplyError>;
+
+openraft::declare_raft_types!(
+    /// Keel's Raft type configuration: member ids are `u64`, members carry a name and peer URLs.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        Node = MemberNode,
+);
+
+/// A Raft log id.
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// A Raft vote.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+/// A Raft log entry.
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+/// A membership with the log id that set it.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// The Raft handle of a member.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Encodes a value for the backend with bincode's standard configuration.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+}
+
+/// Decodes a value written by [`encode`], rejecting trailing bytes.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+    if read != bytes.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} trailing bytes after an encoded value", bytes.len() - read),
+        ));
+    }
+    Ok(value)
+}

@@ -1,0 +1,156 @@
+//! End to end with Debian's `etcdctl` 3.4 (package `etcd-client`) against a real `keel store`
+//! process: every command an etcd operator reaches for first must work and print what it prints
+//! against etcd.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{KeelProcess, free_port};
+
+struct Etcdctl {
+    endpoint: String,
+}
+
+impl Etcdctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint)).args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running etcdctl (is Debian's etcd-client installed? .ci/run installs it): {e}"))
+    }
+
+    /// Runs a command that must succeed; returns its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a command that must fail; returns its standard error.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "etcdctl {args:?} unexpectedly succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts a long-running command (watch, keep-alive) and returns its first `lines` output lines.
+    fn first_lines(&self, args: &[&str], lines: usize, trigger: impl FnOnce()) -> Vec<String> {
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        trigger();
+        let mut out = Vec::new();
+        while out.len() < lines {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => out.push(line),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_drives_keel_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keel = KeelProcess::spawn(&dir.path().join("data"), free_port(), free_port(), &[]);
+    keel.ready().await;
+    let ctl = Etcdctl { endpoint: keel.endpoint() };
+
+    assert_eq!(ctl.ok(&["put", "foo", "bar"]), "OK\n");
+    assert_eq!(ctl.ok(&["put", "foo", "baz"]), "OK\n");
+    assert_eq!(ctl.ok(&["get", "foo"]), "foo\nbaz\n");
+    assert_eq!(ctl.ok(&["get", "foo", "--rev=2"]), "foo\nbar\n");
+    assert_eq!(ctl.ok(&["put", "foo/a", "1"]), "OK\n");
+    assert_eq!(ctl.ok(&["get", "foo", "--prefix"]), "foo\nbaz\nfoo/a\n1\n");
+    assert_eq!(ctl.ok(&["get", "foo", "--print-value-only"]), "baz\n");
+    assert_eq!(ctl.ok(&["del", "foo"]), "1\n");
+    assert_eq!(ctl.ok(&["del", "nothing"]), "0\n");
+
+    // txn reads compares, success and failure requests from standard input.
+    let mut txn = ctl.command(&["txn"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    txn.stdin.take().unwrap().write_all(b"value(\"foo/a\") = \"1\"\n\nput foo/a 10\n\nput foo/a 20\n\n").unwrap();
+    let out = txn.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n");
+    assert_eq!(ctl.ok(&["get", "foo/a", "--print-value-only"]), "10\n");
+
+    // Watch replays history from a revision, then follows live changes.
+    let events = ctl.first_lines(&["watch", "foo", "--prefix", "--rev=4"], 9, || {
+        ctl.ok(&["put", "foo/b", "live"]);
+    });
+    assert_eq!(events, ["PUT", "foo/a", "1", "DELETE", "foo", "", "PUT", "foo/a", "10"]);
+    let live = ctl.first_lines(&["watch", "foo/c"], 3, || {
+        std::thread::sleep(Duration::from_millis(300));
+        ctl.ok(&["put", "foo/c", "fresh"]);
+    });
+    assert_eq!(live, ["PUT", "foo/c", "fresh"]);
+
+    // Leases.
+    let granted = ctl.ok(&["lease", "grant", "60"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    assert_eq!(granted, format!("lease {id} granted with TTL(60s)\n"));
+    assert_eq!(ctl.ok(&["put", &format!("--lease={id}"), "lk", "lv"]), "OK\n");
+    let ttl = ctl.ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining(")), "{ttl}");
+    assert!(ttl.ends_with("attached keys([lk])\n"), "{ttl}");
+    assert_eq!(ctl.ok(&["lease", "list"]), format!("found 1 leases\n{id}\n"));
+    let kept = ctl.first_lines(&["lease", "keep-alive", &id], 1, || {});
+    assert_eq!(kept, [format!("lease {id} keepalived with TTL(60)")]);
+    assert_eq!(ctl.ok(&["lease", "revoke", &id]), format!("lease {id} revoked\n"));
+    assert_eq!(ctl.ok(&["get", "lk"]), "");
+    assert_eq!(ctl.ok(&["lease", "timetolive", &id]), format!("lease {id} already expired\n"));
+
+    // Status, health, members.
+    let status = ctl.ok(&["endpoint", "status"]);
+    assert!(status.starts_with(&format!("{}, ", keel.endpoint())), "{status}");
+    assert!(status.contains(", 3.5.0+keel."), "{status}");
+    assert!(status.contains(", true, false, "), "this member leads and is not a learner: {status}");
+    let json = ctl.ok(&["endpoint", "status", "-w", "json"]);
+    assert!(json.contains("\"leader\":") && json.contains("\"raftIndex\":"), "{json}");
+    // etcdctl prints the health verdict on standard error.
+    let health = ctl.run(&["endpoint", "health"]);
+    assert!(health.status.success());
+    let verdict = String::from_utf8_lossy(&health.stderr);
+    assert!(verdict.contains(&format!("{} is healthy: successfully committed proposal", keel.endpoint())), "{verdict}");
+    let members = ctl.ok(&["member", "list"]);
+    assert!(
+        members.contains(&format!(", started, e2e, http://127.0.0.1:{}, {}, false", keel.peer_port, keel.url())),
+        "{members}"
+    );
+    assert_eq!(ctl.ok(&["alarm", "list"]), "");
+
+    // Compaction and the errors it causes.
+    assert_eq!(ctl.ok(&["compaction", "4"]), "compacted revision 4\n");
+    let err = ctl.fails(&["get", "foo", "--rev=2"]);
+    assert!(err.contains("Error: etcdserver: mvcc: required revision has been compacted"), "{err}");
+    let err = ctl.fails(&["put", "", "x"]);
+    assert!(err.contains("Error: etcdserver: key is not provided"), "{err}");
+    // A watch from a compacted revision is canceled; etcdctl reports it on standard error.
+    let out = ctl.command(&["watch", "foo", "--rev=2"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"), "{stderr}");
+    keel.terminate();
+}
