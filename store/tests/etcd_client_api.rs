@@ -416,3 +416,44 @@ async fn maintenance_and_cluster_report_the_member() {
     assert!(!member.is_learner());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notifications_and_fragments() {
+    let server = TestServer::start_with(|c| {
+        c.watch_progress_notify_interval = Duration::from_millis(200);
+        c.max_request_bytes = 64 * 1024;
+    })
+    .await;
+    let mut client = server.client().await;
+
+    // An idle watcher that asked for progress notifications gets one with the current revision.
+    client.put("p", "1", None).await.unwrap();
+    let (_w, mut quiet) = client.watch("idle", Some(WatchOptions::new().with_progress_notify())).await.unwrap();
+    let resp = tokio::time::timeout(WAIT, quiet.message()).await.unwrap().unwrap().unwrap();
+    assert!(resp.events().is_empty() && !resp.canceled());
+    assert_eq!(resp.header().unwrap().revision(), 2);
+
+    // A revision whose events (with previous values) exceed --max-request-bytes is split into
+    // fragments for a watcher that accepts them; together they carry every event, in order.
+    let value = vec![b'v'; 20 * 1024];
+    for i in 0..3 {
+        client.put(format!("big/{i}"), value.clone(), None).await.unwrap();
+    }
+    let (_w, mut big) =
+        client.watch("big/", Some(WatchOptions::new().with_prefix().with_prev_key().with_fragment())).await.unwrap();
+    let puts: Vec<TxnOp> = (0..3).map(|i| TxnOp::put(format!("big/{i}"), value.clone(), None)).collect();
+    client.txn(Txn::new().and_then(puts)).await.unwrap();
+    let mut keys = Vec::new();
+    let mut responses = 0;
+    while keys.len() < 3 {
+        let resp = tokio::time::timeout(WAIT, big.message()).await.unwrap().unwrap().unwrap();
+        responses += 1;
+        for event in resp.events() {
+            assert_eq!(event.prev_kv().map(|p| p.value().len()), Some(value.len()));
+            keys.push(event.kv().unwrap().key().to_vec());
+        }
+    }
+    assert!(responses > 1, "the revision was fragmented");
+    assert_eq!(keys, (0..3).map(|i| format!("big/{i}").into_bytes()).collect::<Vec<_>>());
+    server.stop().await;
+}
