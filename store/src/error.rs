@@ -2,13 +2,18 @@
 //!
 //! `Display` texts are etcd's messages without the `etcdserver: ` prefix; the API layer's single
 //! mapping table (`api::status`) adds the prefix and the gRPC code etcd uses for each.
+//!
+//! The same type is what the state machine returns for a refused log entry (inside
+//! `raft::CommandResult`), so it is serializable; refusals are deterministic, so every member
+//! refuses an entry with the same error.
+
+use serde::{Deserialize, Serialize};
 
 use crate::lease::LeaseError;
 use crate::mvcc::MvccError;
-use crate::raft::ApplyError;
 
 /// Why a client request failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StoreError {
     /// A request without a key.
     #[error("key is not provided")]
@@ -73,19 +78,6 @@ pub enum StoreError {
     /// Storage or another internal failure.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl From<ApplyError> for StoreError {
-    fn from(err: ApplyError) -> Self {
-        match err {
-            ApplyError::Compacted { compact_revision } => StoreError::Compacted { compact_revision },
-            ApplyError::FutureRevision => StoreError::FutureRevision,
-            ApplyError::KeyNotFound => StoreError::KeyNotFound,
-            ApplyError::LeaseNotFound => StoreError::LeaseNotFound,
-            ApplyError::LeaseExists => StoreError::LeaseExists,
-            ApplyError::LeaseTtlTooLarge => StoreError::LeaseTtlTooLarge,
-        }
-    }
 }
 
 impl From<MvccError> for StoreError {

@@ -23,6 +23,7 @@ pub use network::PeerNetwork;
 pub use snapshot::SnapshotFile;
 pub use state_machine::{StateMachine, StoreCore};
 
+use crate::error::StoreError;
 use crate::mvcc::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 
 /// A member as recorded in the Raft membership.
@@ -131,35 +132,9 @@ pub enum CommandResponse {
     MemberPublished,
 }
 
-/// A request the state machine refused. Refusals are deterministic (every member refuses the same
-/// entry the same way) and change nothing. `Display` texts are etcd's, without `etcdserver: `.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ApplyError {
-    /// The revision was compacted.
-    #[error("mvcc: required revision has been compacted")]
-    Compacted {
-        /// The compaction revision.
-        compact_revision: i64,
-    },
-    /// The revision is in the future.
-    #[error("mvcc: required revision is a future revision")]
-    FutureRevision,
-    /// `ignore_value`/`ignore_lease` on a missing key.
-    #[error("key not found")]
-    KeyNotFound,
-    /// No such lease.
-    #[error("requested lease not found")]
-    LeaseNotFound,
-    /// The lease id is taken.
-    #[error("lease already exists")]
-    LeaseExists,
-    /// The TTL is above the maximum.
-    #[error("too large lease TTL")]
-    LeaseTtlTooLarge,
-}
-
-/// The outcome of applying one command.
-pub type CommandResult = Result<CommandResponse, ApplyError>;
+/// The outcome of applying one command: a response, or the deterministic refusal of the entry
+/// (which changed nothing).
+pub type CommandResult = Result<CommandResponse, StoreError>;
 
 openraft::declare_raft_types!(
     /// Keel's Raft type configuration: member ids are `u64`, members carry a name and peer URLs.

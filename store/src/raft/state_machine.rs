@@ -5,7 +5,8 @@
 //! - every applied entry writes its log id in the same backend batch as its data, so after a crash
 //!   the applied log id names exactly the entries whose effects survived, and openraft re-applies
 //!   the rest: nothing is applied twice, nothing acknowledged is lost;
-//! - apply is deterministic: refusals ([`ApplyError`]) depend only on the state and the entry;
+//! - apply is deterministic: refusals (a [`StoreError`] in the result) depend only on the state and
+//!   the entry;
 //!   storage failures are not refusals and stop the member (openraft treats them as fatal);
 //! - watchers see a revision only after it is in storage (`publish` follows the write);
 //! - a snapshot install first records a marker (synced), then replaces the data, then clears the
@@ -24,10 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::{self, SnapshotFile};
 use super::{
-    ApplyError, Command, CommandResponse, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, decode,
-    encode,
+    Command, CommandResponse, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
 };
 use crate::backend::{Backend, Cf, Durability, WriteBatch};
+use crate::error::StoreError;
 use crate::format::{self, FormatError};
 use crate::lease::{LeaseError, Lessor};
 use crate::mvcc::{Mvcc, MvccError, WriteTxn};
@@ -202,7 +203,9 @@ impl StoreCore {
         let applied = Self::applied_batch(log_id)?;
         let result = match command {
             Command::Put(req) => {
-                let mut txn = self.mvcc.write_txn(self.hub.wants_prev_values() || req.prev_kv);
+                // Previous values are read per operation when the request asks; for every event only
+                // when some watcher wants them.
+                let mut txn = self.mvcc.write_txn(self.hub.wants_prev_values());
                 match txn.execute_put(&req, &*self.lessor) {
                     Ok(resp) => {
                         self.commit(txn, applied)?;
@@ -212,7 +215,7 @@ impl StoreCore {
                 }
             }
             Command::DeleteRange(req) => {
-                let mut txn = self.mvcc.write_txn(self.hub.wants_prev_values() || req.prev_kv);
+                let mut txn = self.mvcc.write_txn(self.hub.wants_prev_values());
                 match txn.execute_delete_range(&req) {
                     Ok(resp) => {
                         self.commit(txn, applied)?;
@@ -222,7 +225,7 @@ impl StoreCore {
                 }
             }
             Command::Txn(req) => {
-                let mut txn = self.mvcc.write_txn(true);
+                let mut txn = self.mvcc.write_txn(self.hub.wants_prev_values());
                 match txn.execute_txn(&req, &*self.lessor) {
                     Ok(resp) => {
                         self.commit(txn, applied)?;
@@ -320,22 +323,20 @@ impl StoreCore {
     }
 }
 
-/// Maps a deterministic MVCC refusal; anything else is a storage failure.
-fn refusal(err: MvccError) -> io::Result<ApplyError> {
+/// Maps a deterministic MVCC refusal; anything else is a storage failure, which stops the member.
+fn refusal(err: MvccError) -> io::Result<StoreError> {
     match err {
-        MvccError::Compacted { compact_revision } => Ok(ApplyError::Compacted { compact_revision }),
-        MvccError::FutureRevision => Ok(ApplyError::FutureRevision),
-        MvccError::KeyNotFound => Ok(ApplyError::KeyNotFound),
-        MvccError::LeaseNotFound => Ok(ApplyError::LeaseNotFound),
+        MvccError::Compacted { .. } | MvccError::FutureRevision | MvccError::KeyNotFound | MvccError::LeaseNotFound => {
+            Ok(err.into())
+        }
         other => Err(io_err(other)),
     }
 }
 
-fn lease_refusal(err: LeaseError) -> io::Result<ApplyError> {
+/// Maps a deterministic lease refusal; anything else is a storage failure.
+fn lease_refusal(err: LeaseError) -> io::Result<StoreError> {
     match err {
-        LeaseError::NotFound => Ok(ApplyError::LeaseNotFound),
-        LeaseError::Exists => Ok(ApplyError::LeaseExists),
-        LeaseError::TtlTooLarge => Ok(ApplyError::LeaseTtlTooLarge),
+        LeaseError::NotFound | LeaseError::Exists | LeaseError::TtlTooLarge => Ok(err.into()),
         LeaseError::Mvcc(err) => refusal(err),
         other => Err(io_err(other)),
     }

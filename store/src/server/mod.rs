@@ -264,7 +264,7 @@ impl Member {
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, StoreError> {
         match tokio::time::timeout(self.request_timeout, self.raft.client_write(command)).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(resp)) => resp.data.map_err(StoreError::from),
+            Ok(Ok(resp)) => resp.data,
             Ok(Err(RaftError::APIError(err))) => Err(match err {
                 ClientWriteError::ForwardToLeader(f) if f.leader_id.is_none() => StoreError::NoLeader,
                 ClientWriteError::ForwardToLeader(_) => StoreError::NotLeader,

@@ -148,8 +148,8 @@ pub enum WatchError {
     /// The stream reached its watcher limit.
     #[error("mvcc: too many watchers on one stream")]
     TooManyWatchers,
-    /// A negative start revision.
-    #[error("mvcc: required revision has been compacted")]
+    /// A negative start revision (etcd answers with its gRPC-level compaction error text).
+    #[error("etcdserver: mvcc: required revision has been compacted")]
     NegativeStart,
     /// The stream is closed.
     #[error("watch stream closed")]

@@ -130,7 +130,7 @@ impl WatchHub {
             watch_id: job.watch_id,
             revision: published,
             compact_revision,
-            reason: MvccError::Compacted { compact_revision }.to_string(),
+            reason: format!("etcdserver: {}", MvccError::Compacted { compact_revision }),
         };
         match s.tx.try_send(msg) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
