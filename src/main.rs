@@ -132,7 +132,8 @@ fn main() -> Result<()> {
 fn init_logging(level: LogLevel) {
     let filter = match level {
         LogLevel::Debug => "debug,openraft=info,h2=info,tower=info,hyper=info",
-        LogLevel::Info => "info,openraft=warn",
+        // openraft warns about routine events (e.g. stale notifications at a fresh start).
+        LogLevel::Info => "info,openraft=error",
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
