@@ -1,8 +1,10 @@
 //! The `keel` binary: every server role and the admin CLI behind one clap command line.
 //!
-//! `keel store` runs a store member with etcd's flag names and defaults. It serves until SIGTERM or
-//! SIGINT, then stops accepting requests and shuts Raft down cleanly; a SIGKILL loses no
-//! acknowledged write because writes are acknowledged only once their log entry is fsynced.
+//! `keel store` runs a store member with etcd's flag names and defaults, serving clients on the
+//! client URLs and other members on the peer URLs. It serves until SIGTERM or SIGINT (or until it is
+//! removed from the cluster), then stops accepting requests and shuts Raft down cleanly; a SIGKILL
+//! loses no acknowledged write because writes are acknowledged only once their log entry is fsynced
+//! on a quorum.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -195,35 +197,49 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         _ => bail!("--listen-metrics-urls takes one URL in this build"),
     }
 
-    let mut listeners = Vec::new();
-    for url in &config.listen_client_urls {
-        for addr in parse_url(url)? {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for clients on {addr}"))?;
-            listeners.push(listener);
-        }
-    }
+    let client_listeners = bind_all(&config.listen_client_urls, "clients").await?;
+    let peer_listeners = bind_all(&config.listen_peer_urls, "peers").await?;
 
     let member = Member::start(config.clone()).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(keel_store::api::serve(member.clone(), listeners, async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let peer_server = tokio::spawn(keel_store::peer::serve(member.clone(), peer_listeners, stopped(stop_rx.clone())));
+    let client_server = tokio::spawn(keel_store::api::serve(member.clone(), client_listeners, stopped(stop_rx)));
     tracing::info!(urls = %config.listen_client_urls.join(","), "ready to serve client requests");
 
-    let stopped_by = wait_for_signal().await?;
-    tracing::info!(signal = stopped_by, "shutting down");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "client API stopped with an error"),
-        Ok(Err(err)) => tracing::warn!(%err, "client API task failed"),
-        Err(_) => tracing::warn!("client connections did not close within 10s"),
+    let mut removed = member.removed();
+    let reason = tokio::select! {
+        signal = wait_for_signal() => signal?,
+        _ = removed.wait_for(|removed| *removed) => "removed from the cluster",
+    };
+    tracing::info!(reason, "shutting down");
+    stop_tx.send_replace(true);
+    for (name, server) in [("client API", client_server), ("peer API", peer_server)] {
+        match tokio::time::timeout(Duration::from_secs(10), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(%err, "{name} stopped with an error"),
+            Ok(Err(err)) => tracing::warn!(%err, "{name} task failed"),
+            Err(_) => tracing::warn!("{name} connections did not close within 10s"),
+        }
     }
     member.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind_all(urls: &[String], purpose: &str) -> Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        for addr in parse_url(url)? {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for {purpose} on {addr}"))?;
+            listeners.push(listener);
+        }
+    }
+    Ok(listeners)
 }
 
 async fn wait_for_signal() -> Result<&'static str> {

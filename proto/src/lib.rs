@@ -2,6 +2,7 @@
 //!
 //! `etcdserverpb`, `mvccpb` and `authpb` are etcd's v3 client API, written by Keel in `proto/etcd/`
 //! so that unmodified etcd clients (etcdctl, the `etcd-client` crate, Kubernetes) talk to Keel.
+//! `keelpeer` is Keel's own member-to-member API (`proto/keel/peer.proto`).
 //!
 //! Invariant: only API-layer code (gRPC servers and clients) depends on this crate; the store's
 //! engine, Raft log and state machine use their own domain types.
@@ -22,4 +23,10 @@ pub mod authpb {
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// Keel's member-to-member API (`keelpeer`): Raft traffic and requests forwarded to the leader.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod keelpeer {
+    tonic::include_proto!("keelpeer");
 }

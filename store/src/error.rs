@@ -72,6 +72,24 @@ pub enum StoreError {
     /// No such member.
     #[error("member not found")]
     MemberNotFound,
+    /// Malformed peer URLs in a membership change.
+    #[error("given member URLs are invalid")]
+    MemberBadUrls,
+    /// A peer URL another member already uses.
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    /// Promotion of a member that is not a learner.
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    /// Promotion of a learner that is far behind the leader.
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// Leadership transfer to a member that cannot lead.
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    /// Another membership change is in progress.
+    #[error("re-configuration failed: another membership change is in progress")]
+    MembershipChangeInProgress,
     /// The operation is not available in this build or configuration.
     #[error("{0}")]
     Unsupported(String),

@@ -2,6 +2,7 @@
 //!
 //! Layers, top to bottom (only `api` knows protobuf or gRPC):
 //! - `api`: gRPC services wire-compatible with etcd v3; validation and error mapping.
+//! - `peer`: the member-to-member gRPC protocol (Raft traffic, requests forwarded to the leader).
 //! - `server`: a running member: proposals to Raft and waiting for their results, linearizable
 //!   reads, the lease expiry loop, metrics.
 //! - `raft`: the replicated log (openraft), the log store, the deterministic state machine, snapshots.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod format;
 pub mod lease;
 pub mod mvcc;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod watch;

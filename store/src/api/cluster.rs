@@ -1,4 +1,5 @@
-//! etcd's Cluster service: MemberList. Membership changes answer Unimplemented in this build.
+//! etcd's Cluster service: member list and membership changes (decided by the leader; a follower
+//! forwards them).
 
 use std::sync::Arc;
 
@@ -6,7 +7,7 @@ use keel_proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
 use super::{Api, observe};
-use crate::error::StoreError;
+use crate::peer::MembershipChange;
 use crate::server::MemberInfo;
 
 /// The Cluster service.
@@ -31,28 +32,55 @@ fn member(info: MemberInfo) -> pb::Member {
     }
 }
 
-fn unsupported() -> Status {
-    StoreError::Unsupported("membership changes are not supported by this build (single-member clusters)".into()).into()
+fn members(infos: Vec<MemberInfo>) -> Vec<pb::Member> {
+    infos.into_iter().map(member).collect()
 }
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unsupported())
+    async fn member_add(&self, request: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        observe("MemberAdd", async {
+            let req = request.into_inner();
+            let change = MembershipChange::Add { peer_urls: req.peer_ur_ls, is_learner: req.is_learner };
+            let reply = self.api.member.change_membership(change).await?;
+            Ok(Response::new(pb::MemberAddResponse {
+                header: self.api.current_header(),
+                member: reply.added.map(member),
+                members: members(reply.members),
+            }))
+        })
+        .await
     }
 
     async fn member_remove(
         &self,
-        _r: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(unsupported())
+        observe("MemberRemove", async {
+            let id = request.into_inner().id;
+            let reply = self.api.member.change_membership(MembershipChange::Remove { id }).await?;
+            Ok(Response::new(pb::MemberRemoveResponse {
+                header: self.api.current_header(),
+                members: members(reply.members),
+            }))
+        })
+        .await
     }
 
     async fn member_update(
         &self,
-        _r: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(unsupported())
+        observe("MemberUpdate", async {
+            let req = request.into_inner();
+            let change = MembershipChange::Update { id: req.id, peer_urls: req.peer_ur_ls };
+            let reply = self.api.member.change_membership(change).await?;
+            Ok(Response::new(pb::MemberUpdateResponse {
+                header: self.api.current_header(),
+                members: members(reply.members),
+            }))
+        })
+        .await
     }
 
     async fn member_list(
@@ -65,7 +93,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             Ok(Response::new(pb::MemberListResponse {
                 header: self.api.current_header(),
-                members: self.api.member.members().into_iter().map(member).collect(),
+                members: members(self.api.member.members()),
             }))
         })
         .await
@@ -73,8 +101,16 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _r: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unsupported())
+        observe("MemberPromote", async {
+            let id = request.into_inner().id;
+            let reply = self.api.member.change_membership(MembershipChange::Promote { id }).await?;
+            Ok(Response::new(pb::MemberPromoteResponse {
+                header: self.api.current_header(),
+                members: members(reply.members),
+            }))
+        })
+        .await
     }
 }

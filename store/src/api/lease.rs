@@ -1,6 +1,6 @@
 //! etcd's Lease service. Grants and revokes go through the log; keep-alives renew the leader's
-//! in-memory deadline (not replicated, as in etcd); lookups read the local lease table after the
-//! member has applied everything committed.
+//! in-memory deadline (not replicated, as in etcd) and time-to-live lookups read it, so a follower
+//! forwards both to the leader; the lease list is read locally.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -95,10 +95,9 @@ impl pb::lease_server::Lease for LeaseService {
                     },
                     () = &mut shutting_down => return,
                 };
-                let reply = match api.member.renew_lease(req.id) {
+                let reply = match api.member.renew_lease(req.id).await {
                     Ok(ttl) => Ok(ttl),
                     Err(StoreError::LeaseNotFound) => Ok(0),
-                    Err(StoreError::NotLeader) => Err(Status::from(StoreError::NoLeader)),
                     Err(err) => Err(Status::from(err)),
                 };
                 let message =
@@ -118,9 +117,8 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         observe("LeaseTimeToLive", async {
             let req = request.into_inner();
-            self.api.member.wait_applied().await?;
-            let lessor = self.api.member.core().lessor();
-            let Some(info) = lessor.lookup(req.id) else {
+            let (info, keys) = self.api.member.lease_time_to_live(req.id, req.keys).await?;
+            let Some(info) = info else {
                 // etcd answers a missing lease with TTL -1 rather than an error.
                 return Ok(Response::new(pb::LeaseTimeToLiveResponse {
                     header: self.api.current_header(),
@@ -129,7 +127,6 @@ impl pb::lease_server::Lease for LeaseService {
                     ..Default::default()
                 }));
             };
-            let keys = if req.keys { lessor.attached_keys(req.id).map_err(StoreError::from)? } else { Vec::new() };
             Ok(Response::new(pb::LeaseTimeToLiveResponse {
                 header: self.api.current_header(),
                 id: req.id,

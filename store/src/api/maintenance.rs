@@ -1,5 +1,5 @@
-//! etcd's Maintenance service: Status, Hash and HashKV; alarm listing (no alarms exist yet).
-//! Defragment, Snapshot, MoveLeader, Downgrade and alarm changes answer Unimplemented.
+//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader; alarm listing (no alarms exist
+//! yet). Defragment, Snapshot, Downgrade and alarm changes answer Unimplemented.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 raft_applied_index: status.raft_applied_index,
                 errors: Vec::new(),
                 db_size_in_use: status.db_size_in_use,
-                is_learner: false,
+                is_learner: status.is_learner,
             }))
         })
         .await
@@ -107,9 +107,13 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unsupported("move-leader"))
+        observe("MoveLeader", async {
+            self.api.member.move_leader(request.into_inner().target_id).await?;
+            Ok(Response::new(pb::MoveLeaderResponse { header: self.api.current_header() }))
+        })
+        .await
     }
 
     async fn downgrade(

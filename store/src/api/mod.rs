@@ -3,8 +3,7 @@
 //! API boundary: this is the only module that knows protobuf or gRPC. It validates requests with
 //! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
 //! MVCC, and maps every error through one table (`status`). Absent on purpose until their issues
-//! land: Auth (answers Unimplemented), membership changes, Snapshot, Defragment, MoveLeader,
-//! Downgrade and alarm changes.
+//! land: Auth (not registered), Snapshot, Defragment, Downgrade and alarm changes.
 
 mod cluster;
 mod convert;

@@ -14,10 +14,17 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::LeaseProvided
         | StoreError::TooManyOps
         | StoreError::DuplicateKey
-        | StoreError::RequestTooLarge => Code::InvalidArgument,
+        | StoreError::RequestTooLarge
+        | StoreError::MemberBadUrls => Code::InvalidArgument,
         StoreError::Compacted { .. } | StoreError::FutureRevision | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
         StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
-        StoreError::LeaseExists | StoreError::NotLeader => Code::FailedPrecondition,
+        StoreError::LeaseExists
+        | StoreError::NotLeader
+        | StoreError::PeerUrlExists
+        | StoreError::MemberNotLearner
+        | StoreError::LearnerNotReady
+        | StoreError::BadLeaderTransferee
+        | StoreError::MembershipChangeInProgress => Code::FailedPrecondition,
         StoreError::NoLeader | StoreError::LeaderChanged | StoreError::Timeout | StoreError::Stopped => {
             Code::Unavailable
         }
@@ -57,6 +64,15 @@ mod tests {
             (StoreError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
             (StoreError::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
             (StoreError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
+            (StoreError::MemberNotFound, Code::NotFound, "etcdserver: member not found"),
+            (StoreError::MemberBadUrls, Code::InvalidArgument, "etcdserver: given member URLs are invalid"),
+            (StoreError::PeerUrlExists, Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+            (StoreError::MemberNotLearner, Code::FailedPrecondition, "etcdserver: can only promote a learner member"),
+            (
+                StoreError::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
         ];
         for (err, code, message) in cases {
             let status = to_status(&err);

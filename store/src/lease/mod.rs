@@ -72,7 +72,7 @@ struct State {
 }
 
 /// A lease as reported to clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseInfo {
     /// Lease id.
     pub id: i64,

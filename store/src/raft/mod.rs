@@ -4,13 +4,11 @@
 //! - `log_store`: the Raft log and vote in the backend, fsynced before openraft is told they are durable.
 //! - `state_machine`: deterministic apply into MVCC, leases and watches, with the applied log id written
 //!   in the same batch as the data; snapshots for log compaction and lagging members.
-//! - `network`: how members reach each other.
 //!
 //! Invariant: applying the same log to the same snapshot yields the same state on every member; nothing
 //! in apply reads the clock, randomness or member-local configuration.
 
 mod log_store;
-mod network;
 mod snapshot;
 mod state_machine;
 
@@ -19,9 +17,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use network::PeerNetwork;
-pub use snapshot::SnapshotFile;
-pub use state_machine::{StateMachine, StoreCore};
+pub use snapshot::{PARTIAL_SUFFIX as PARTIAL_SNAPSHOT_SUFFIX, SnapshotFile, name as snapshot_name};
+pub use state_machine::{MemberAttributes, StateMachine, StoreCore};
 
 use crate::error::StoreError;
 use crate::mvcc::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};

@@ -26,6 +26,8 @@ const MAGIC: &[u8; 8] = b"KEELSNAP";
 const VERSION: u32 = 1;
 const SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
+/// Suffix of a snapshot being received from the leader.
+pub const PARTIAL_SUFFIX: &str = ".snap.part";
 /// Largest key or value a snapshot record may carry; larger lengths mean corruption.
 const MAX_FIELD: u32 = 512 << 20;
 
@@ -182,14 +184,30 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if path != keep && (name.ends_with(SUFFIX) || name.ends_with(TMP_SUFFIX)) {
+        // Only complete snapshots: a build or a receive may be in progress beside this one.
+        if path != keep && name.ends_with(SUFFIX) {
             fs::remove_file(&path)?;
         }
     }
     Ok(())
 }
 
-/// The newest complete snapshot in `dir`, if any; leftover temporary files are removed.
+/// Removes files left by builds or transfers that a crash interrupted. Call only at start-up.
+pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(TMP_SUFFIX) || name.ends_with(PARTIAL_SUFFIX) {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest complete snapshot in `dir`, if any.
 pub fn current(dir: &Path) -> io::Result<Option<(SnapshotMeta, SnapshotFile)>> {
     if !dir.exists() {
         return Ok(None);
@@ -198,9 +216,7 @@ pub fn current(dir: &Path) -> io::Result<Option<(SnapshotMeta, SnapshotFile)>> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if name.ends_with(TMP_SUFFIX) {
-            fs::remove_file(&path)?;
-        } else if name.ends_with(SUFFIX) && newest.as_ref().is_none_or(|n| path > *n) {
+        if name.ends_with(SUFFIX) && newest.as_ref().is_none_or(|n| path > *n) {
             newest = Some(path);
         }
     }

@@ -98,6 +98,7 @@ impl StoreCore {
         watch: WatchConfig,
     ) -> Result<Arc<Self>, OpenError> {
         format::check_or_init(&*backend)?;
+        snapshot::remove_leftovers(snapshot_dir)?;
         if let Some(id) = backend.get(Cf::Meta, format::INSTALLING_SNAPSHOT_KEY).map_err(FormatError::from)? {
             let name = String::from_utf8_lossy(&id).into_owned();
             let file = snapshot::find(snapshot_dir, &name).ok_or_else(|| {
@@ -158,6 +159,11 @@ impl StoreCore {
     /// The watch hub.
     pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
+    }
+
+    /// Where snapshots are kept.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
     }
 
     /// The last applied log id.

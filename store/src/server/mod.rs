@@ -1,36 +1,39 @@
-//! A running member: opens storage, starts Raft, proposes commands and waits for their results,
-//! serves linearizable reads, tracks leadership, and drives lease expiry through the log.
+//! A running member: opens storage, starts Raft, and serves as the "proposal + wait" layer between
+//! the API and Raft.
 //!
-//! This is the "proposal + wait registry" layer: a proposal is a Raft `client_write`, whose response
-//! openraft delivers when the entry is applied (its responder is the wait registry entry). Every
-//! proposal and every read barrier is bounded by the request timeout; a timed-out request may still
-//! take effect (an uncertain outcome, as in etcd).
+//! - `forward`: proposals and read barriers; a follower forwards them to the leader.
+//! - `leases`: keep-alives and lookups (leader-local state, forwarded by followers) and the expiry
+//!   loop.
+//! - `membership`: membership changes (forwarded to the leader), leadership transfer, member lists.
+//! - `leadership`: follows Raft's metrics to promote/demote the lease table, publish this member's
+//!   client URLs, and notice removal.
 //!
-//! Background tasks (each bounded, each stopped by `shutdown` or when the member is dropped):
-//! leadership tracking (promotes/demotes the lease table, publishes this member's client URLs), the
-//! lease expiry loop, the watch syncer and the metrics refresher.
+//! Every proposal, barrier and forwarded call is bounded by the request timeout (5 s + 2 election
+//! timeouts, as in etcd). Background tasks are aborted by `shutdown` or when the member is dropped.
 
 mod config;
+mod forward;
+mod leadership;
+mod leases;
+mod membership;
 mod metrics;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 pub use config::{BackendKind, ClusterState, ConfigError, StoreConfig, cluster_id, member_id, parse_url};
 
 use crate::backend::{Backend, Cf, Durability, MemBackend, RocksBackend, RocksOptions, WriteBatch};
-use crate::error::StoreError;
-use crate::raft::{
-    Command, CommandResponse, LogStore, MemberNode, PeerNetwork, Raft, StateMachine, StoreCore, decode, encode,
-};
+use crate::peer::{PeerNetwork, Peers};
+use crate::raft::{LogStore, MemberNode, Raft, StateMachine, StoreCore, decode, encode};
 use crate::watch::{SyncerHandle, WatchConfig};
 
 /// Version reported by `Status`: the etcd API version Keel speaks, with Keel's own version as build
@@ -39,11 +42,8 @@ pub const VERSION: &str = concat!("3.5.0+keel.", env!("CARGO_PKG_VERSION"));
 
 /// `RaftState` key holding `(member_id, cluster_id)`, written once at first start.
 const IDENTITY_KEY: &[u8] = b"identity";
-/// Leases revoked per log entry by the expiry loop, and entries per tick: bounds how long one
-/// expiry entry occupies the apply path and how fast a lease storm drains (etcd revokes ~1000/s).
-const EXPIRE_PER_ENTRY: usize = 128;
-const EXPIRE_ENTRIES_PER_TICK: usize = 4;
-const EXPIRE_TICK: Duration = Duration::from_millis(500);
+/// How long a joining member keeps asking the existing members who it is.
+const JOIN_BOUND: Duration = Duration::from_secs(60);
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,9 @@ pub enum StartError {
     /// Raft failed to start.
     #[error("raft failed to start: {0}")]
     Raft(String),
-    /// This build cannot do what the configuration asks.
-    #[error("{0}")]
-    Unsupported(String),
+    /// Joining an existing cluster failed.
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
 }
 
 /// What `Status` reports.
@@ -82,14 +82,16 @@ pub struct StatusInfo {
     pub db_size: i64,
     /// Backend size in use.
     pub db_size_in_use: i64,
+    /// This member does not vote.
+    pub is_learner: bool,
 }
 
 /// A member as listed by `MemberList`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// Member id.
     pub id: u64,
-    /// Name ("" until the member published it).
+    /// Name ("" until the member published it: etcdctl shows it as unstarted).
     pub name: String,
     /// Peer URLs.
     pub peer_urls: Vec<String>,
@@ -106,9 +108,16 @@ pub struct Member {
     cluster_id: u64,
     raft: Raft,
     core: Arc<StoreCore>,
+    peers: Arc<Peers>,
     request_timeout: Duration,
     /// Source of server-chosen lease ids: member id in the top bits, a counter below.
     next_lease: AtomicU64,
+    /// Serializes membership changes on the leader (openraft allows one at a time). Held across the
+    /// change's `.await`, hence an async mutex.
+    membership_change: tokio::sync::Mutex<()>,
+    /// Set once this member sees itself removed from the cluster; the process watching it exits.
+    /// Written only by the leadership task.
+    removed: tokio::sync::watch::Sender<bool>,
     /// Background tasks, aborted by `shutdown`/drop. Locked only to push or drain.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     _syncer: SyncerHandle,
@@ -128,15 +137,15 @@ fn storage_error(path: &std::path::Path, err: impl std::error::Error + Send + Sy
 }
 
 impl Member {
-    /// Opens the data directory and starts the member. Must run inside a Tokio runtime.
+    /// Opens the data directory and starts the member. Must run inside a Tokio runtime. The peer
+    /// and client APIs are served separately (`peer::serve`, `api::serve`).
     pub async fn start(config: StoreConfig) -> Result<Arc<Self>, StartError> {
         let initial = config.initial_members()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| storage_error(&data_dir, e))?;
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::RocksDb => Arc::new(
-                RocksBackend::open(data_dir.join("db"), &RocksOptions::default())
-                    .map_err(|e| storage_error(&data_dir, e))?,
+                RocksBackend::open(data_dir.join("db"), &RocksOptions::default()).map_err(|e| storage_error(&data_dir, e))?,
             ),
             BackendKind::Memory => Arc::new(MemBackend::new()),
         };
@@ -146,29 +155,19 @@ impl Member {
             .map_err(|e| storage_error(&data_dir, e))?;
         let log_store = LogStore::new(backend.clone()).map_err(|e| storage_error(&data_dir, e))?;
         let pristine = log_store.is_pristine().map_err(|e| storage_error(&data_dir, e))?;
+        let peers = Peers::new(Duration::from_secs(1));
+        let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
 
         let members: BTreeMap<u64, MemberNode> = initial
             .iter()
             .map(|(name, urls)| {
-                (
-                    member_id(urls, &config.initial_cluster_token),
-                    MemberNode { name: name.clone(), peer_urls: urls.clone() },
-                )
+                let node = MemberNode { name: name.clone(), peer_urls: urls.clone() };
+                (member_id(urls, &config.initial_cluster_token), node)
             })
             .collect();
-        if pristine && config.initial_cluster_state == ClusterState::Existing {
-            return Err(StartError::Unsupported(
-                "--initial-cluster-state existing needs a peer transport to join through; this build runs single-member clusters"
-                    .into(),
-            ));
-        }
-        if members.len() > 1 && pristine {
-            return Err(StartError::Unsupported(
-                "this build runs single-member clusters; --initial-cluster must name only this member".into(),
-            ));
-        }
-
-        let (member_id, cluster_id) = load_identity(&*backend, &config, &members, &data_dir)?;
+        let (member_id, cluster_id) =
+            identity(&*backend, &config, &members, pristine, &peers, &data_dir, request_timeout).await?;
+        peers.set_cluster_id(cluster_id);
 
         let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
@@ -176,38 +175,50 @@ impl Member {
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
+            // A pre-vote keeps a member coming back from a partition from disrupting the leader.
+            enable_pre_vote: Some(true),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
-            // etcd keeps 5000 entries behind a snapshot so slow followers catch up from the log.
+            // etcd keeps 5000 entries behind a snapshot so slow followers catch up from the log, and
+            // writes landing during a snapshot transfer do not force another one.
             max_in_snapshot_log_to_keep: 5000,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let raft = Raft::new(member_id, Arc::new(raft_config), PeerNetwork, log_store, StateMachine::new(core.clone()))
+        let network = PeerNetwork::new(peers.clone());
+        let raft = Raft::new(member_id, Arc::new(raft_config), network, log_store, StateMachine::new(core.clone()))
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if pristine {
-            raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if pristine && config.initial_cluster_state == ClusterState::New {
+            // Every founding member initializes with the same membership, so the entries agree; a
+            // member that already received the leader's log refuses, which is fine.
+            if let Err(err) = raft.initialize(members).await {
+                tracing::info!(%err, "not initializing: the cluster already started");
+            }
         }
 
         let syncer = core.hub().start_syncer();
-        let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
         let lease_base = (member_id & 0xffff) << 47;
+        let (removed, _) = tokio::sync::watch::channel(false);
         let member = Arc::new(Self {
             config,
             member_id,
             cluster_id,
             raft,
             core,
+            peers,
             request_timeout,
             next_lease: AtomicU64::new(lease_base | (now_millis() & 0x3f_ffff) << 24),
+            membership_change: tokio::sync::Mutex::new(()),
+            removed,
             tasks: Mutex::new(Vec::new()),
             _syncer: syncer,
         });
         let weak = Arc::downgrade(&member);
         let tasks = vec![
-            tokio::spawn(track_leadership(weak.clone())),
-            tokio::spawn(expire_leases(weak.clone())),
+            tokio::spawn(leadership::track(weak.clone())),
+            tokio::spawn(leadership::publish(weak.clone())),
+            tokio::spawn(leases::expire(weak.clone())),
             tokio::spawn(metrics::refresh(weak)),
         ];
         member.lock_tasks().extend(tasks);
@@ -260,73 +271,15 @@ impl Member {
         self.raft.metrics().borrow_watched().current_term
     }
 
-    /// Proposes a command and waits until it is applied.
-    pub async fn propose(&self, command: Command) -> Result<CommandResponse, StoreError> {
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(command)).await {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(resp)) => resp.data,
-            Ok(Err(RaftError::APIError(err))) => Err(match err {
-                ClientWriteError::ForwardToLeader(f) if f.leader_id.is_none() => StoreError::NoLeader,
-                ClientWriteError::ForwardToLeader(_) => StoreError::NotLeader,
-                ClientWriteError::LogEntryDiscarded(_) => StoreError::LeaderChanged,
-                other => StoreError::Internal(other.to_string()),
-            }),
-            Ok(Err(RaftError::Fatal(fatal))) => {
-                tracing::error!(%fatal, "raft stopped");
-                Err(StoreError::Stopped)
-            }
-        }
-    }
-
-    /// Waits until this member may serve a linearizable read: it confirmed its leadership with a
-    /// quorum (ReadIndex) and applied everything committed before the read began.
-    pub async fn linearize(&self) -> Result<(), StoreError> {
-        let barrier = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.request_timeout, barrier).await {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(err))) => Err(match err {
-                LinearizableReadError::ForwardToLeader(f) if f.leader_id.is_none() => StoreError::NoLeader,
-                LinearizableReadError::ForwardToLeader(_) => StoreError::NotLeader,
-                other => StoreError::Internal(other.to_string()),
-            }),
-            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
-        }
-    }
-
-    /// Waits until this member has applied every entry it knows to be committed (etcd's
-    /// `waitAppliedIndex`), so local lease lookups reflect every acknowledged grant and revoke.
-    pub async fn wait_applied(&self) -> Result<(), StoreError> {
-        let committed = self.raft.metrics().borrow_watched().local_committed.as_ref().map(|id| id.index());
-        if committed.is_none() {
-            return Ok(());
-        }
-        self.raft
-            .wait(Some(self.request_timeout))
-            .applied_index_at_least(committed, "applied catches up with committed")
-            .await
-            .map(|_| ())
-            .map_err(|_| StoreError::Timeout)
-    }
-
-    /// A fresh, positive, non-zero lease id.
-    pub fn next_lease_id(&self) -> i64 {
-        loop {
-            let id = (self.next_lease.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
-            if id != 0 {
-                return id;
-            }
-        }
-    }
-
-    /// Renews a lease on the leader; returns its TTL.
-    pub fn renew_lease(&self, id: i64) -> Result<i64, StoreError> {
-        Ok(self.core.lessor().renew(id)?)
+    /// Becomes true when this member has been removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// Raft and storage status.
     pub fn status(&self) -> StatusInfo {
         let metrics = self.raft.metrics().borrow_watched().clone();
+        let is_learner = !metrics.membership_config.membership().voter_ids().any(|id| id == self.member_id);
         StatusInfo {
             leader: metrics.current_leader.unwrap_or(0),
             raft_index: metrics.last_log_index.unwrap_or(0),
@@ -334,28 +287,8 @@ impl Member {
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index()),
             db_size: self.core.backend().size_bytes() as i64,
             db_size_in_use: self.core.backend().size_in_use_bytes() as i64,
+            is_learner,
         }
-    }
-
-    /// The cluster's members.
-    pub fn members(&self) -> Vec<MemberInfo> {
-        let membership = self.core.membership();
-        let attributes = self.core.member_attributes();
-        let config = membership.membership();
-        let voters: std::collections::BTreeSet<u64> = config.voter_ids().collect();
-        config
-            .nodes()
-            .map(|(id, node)| {
-                let published = attributes.get(id);
-                MemberInfo {
-                    id: *id,
-                    name: published.map_or_else(|| node.name.clone(), |a| a.name.clone()),
-                    peer_urls: node.peer_urls.clone(),
-                    client_urls: published.map(|a| a.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !voters.contains(id),
-                }
-            })
-            .collect()
     }
 
     /// True when this member currently leads.
@@ -363,6 +296,22 @@ impl Member {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.member_id)
+    }
+
+    /// The current leader, if known.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The current leader and its node, when known and not this member.
+    fn remote_leader(&self) -> Option<(u64, MemberNode)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        if leader == self.member_id {
+            return None;
+        }
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
     }
 }
 
@@ -378,95 +327,107 @@ fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads the stored identity, or derives it from the configuration, checks it, and stores it
-/// (synced). Nothing is written when the configuration is inconsistent.
-fn load_identity(
+/// The member's `(member_id, cluster_id)`: stored at first start and reused afterwards.
+///
+/// A founding member (`new`) derives both from the configuration; before storing them it asks the
+/// other founding members whether this member already ran (a wiped data directory rejoining under its
+/// old id would corrupt the cluster) and refuses if so. A joining member (`existing`) asks the
+/// existing members for the id `MemberAdd` gave its peer URLs. Nothing is stored on failure.
+async fn identity(
     backend: &dyn Backend,
     config: &StoreConfig,
     members: &BTreeMap<u64, MemberNode>,
+    pristine: bool,
+    peers: &Peers,
     data_dir: &std::path::Path,
+    timeout: Duration,
 ) -> Result<(u64, u64), StartError> {
-    let stored = backend.get(Cf::RaftState, IDENTITY_KEY).map_err(|e| storage_error(data_dir, e))?;
-    if let Some(bytes) = stored {
+    if let Some(bytes) = backend.get(Cf::RaftState, IDENTITY_KEY).map_err(|e| storage_error(data_dir, e))? {
         return decode::<(u64, u64)>(&bytes).map_err(|e| storage_error(data_dir, e));
     }
-    let id = member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token);
-    if !members.contains_key(&id) {
-        return Err(ConfigError::InitialCluster(format!(
-            "--initial-advertise-peer-urls {} must equal the URLs given for `{}` in --initial-cluster",
-            config.initial_advertise_peer_urls.join(","),
-            config.name
-        ))
-        .into());
+    if !pristine {
+        return Err(storage_error(
+            data_dir,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "the data directory has a Raft log but no member identity"),
+        ));
     }
-    let ids: Vec<u64> = members.keys().copied().collect();
-    let cluster = cluster_id(&ids, &config.initial_cluster_token);
+    let own_urls = sorted(&config.initial_advertise_peer_urls);
+    let other_urls: Vec<String> = members
+        .values()
+        .flat_map(|n| n.peer_urls.iter())
+        .filter(|url| !own_urls.contains(url))
+        .cloned()
+        .collect();
+    let (id, cluster) = match config.initial_cluster_state {
+        ClusterState::New => {
+            let id = member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token);
+            if !members.contains_key(&id) {
+                return Err(ConfigError::InitialCluster(format!(
+                    "--initial-advertise-peer-urls {} must equal the URLs given for `{}` in --initial-cluster",
+                    config.initial_advertise_peer_urls.join(","),
+                    config.name
+                ))
+                .into());
+            }
+            // Best effort: founding members start together, so silence is normal.
+            for url in &other_urls {
+                if let Ok(info) = peers.cluster_info(url, Duration::from_secs(1)).await
+                    && info.members.iter().any(|m| m.id == id && !m.name.is_empty())
+                {
+                    return Err(StartError::Join(format!(
+                        "member {id:x} has already been bootstrapped (the cluster at {url} knows it); \
+                         start it with its original data directory, or remove it and add it again"
+                    )));
+                }
+            }
+            let ids: Vec<u64> = members.keys().copied().collect();
+            (id, cluster_id(&ids, &config.initial_cluster_token))
+        }
+        ClusterState::Existing => join(peers, &other_urls, &own_urls, timeout).await?,
+    };
     let mut batch = WriteBatch::new();
     batch.put(Cf::RaftState, IDENTITY_KEY, encode(&(id, cluster)).map_err(|e| storage_error(data_dir, e))?);
     backend.write(batch, Durability::Synced).map_err(|e| storage_error(data_dir, e))?;
     Ok((id, cluster))
 }
 
-/// Follows leadership: the leader tracks lease expiry (every lease gets a full TTL when leadership
-/// is gained) and this member publishes its client URLs once it can.
-async fn track_leadership(member: Weak<Member>) {
-    let Some(mut metrics) = member.upgrade().map(|m| m.raft.metrics()) else { return };
-    let mut leading = false;
-    let mut published = false;
-    loop {
-        let Some(m) = member.upgrade() else { return };
-        let is_leader = m.is_leader();
-        if is_leader && !leading {
-            m.core.lessor().promote();
-            tracing::info!(term = m.raft_term(), "became leader");
-        } else if !is_leader && leading {
-            m.core.lessor().demote();
-            tracing::info!("lost leadership");
-        }
-        leading = is_leader;
-        if is_leader && !published {
-            published = publish_attributes(&m).await;
-        }
-        drop(m);
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut urls = urls.to_vec();
+    urls.sort();
+    urls
 }
 
-async fn publish_attributes(member: &Member) -> bool {
-    let current = member.core.member_attributes().get(&member.member_id).cloned();
-    let wanted = (member.config.name.clone(), member.config.advertise_client_urls.clone());
-    if current.is_some_and(|a| (a.name, a.client_urls) == wanted) {
-        return true;
+/// Asks the existing members (bounded retries) for the id a `MemberAdd` gave these peer URLs.
+async fn join(peers: &Peers, others: &[String], own_urls: &[String], timeout: Duration) -> Result<(u64, u64), StartError> {
+    if others.is_empty() {
+        return Err(StartError::Join(
+            "--initial-cluster-state existing needs the existing members in --initial-cluster".into(),
+        ));
     }
-    let command = Command::PublishMember { id: member.member_id, name: wanted.0, client_urls: wanted.1 };
-    match member.propose(command).await {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::warn!(%err, "publishing member attributes failed; will retry");
-            false
-        }
-    }
-}
-
-/// Proposes revocation of expired leases, in bounded batches, while leading.
-async fn expire_leases(member: Weak<Member>) {
-    let mut tick = tokio::time::interval(EXPIRE_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = tokio::time::Instant::now() + JOIN_BOUND;
+    let mut last_error = String::new();
     loop {
-        tick.tick().await;
-        let Some(m) = member.upgrade() else { return };
-        for _ in 0..EXPIRE_ENTRIES_PER_TICK {
-            let ids = m.core.lessor().expired(EXPIRE_PER_ENTRY);
-            if ids.is_empty() {
-                break;
-            }
-            tracing::debug!(count = ids.len(), "revoking expired leases");
-            if let Err(err) = m.propose(Command::LeaseExpire { ids }).await {
-                tracing::warn!(%err, "revoking expired leases failed; will retry");
-                break;
+        for url in others {
+            match peers.cluster_info(url, timeout).await {
+                Ok(info) => {
+                    return info
+                        .members
+                        .iter()
+                        .find(|m| sorted(&m.peer_urls) == own_urls)
+                        .map(|m| (m.id, info.cluster_id))
+                        .ok_or_else(|| {
+                            StartError::Join(format!(
+                                "the cluster has no member with peer URLs {}; add it first (etcdctl member add)",
+                                own_urls.join(",")
+                            ))
+                        });
+                }
+                Err(err) => last_error = err.to_string(),
             }
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StartError::Join(format!("no existing member answered within {JOIN_BOUND:?}: {last_error}")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -1,0 +1,329 @@
+//! Calls to peers: openraft's network, and requests forwarded to the leader.
+//!
+//! Channels are created lazily per peer URL and cached ([`Peers`]); a failed connection is retried
+//! by the next call. Every call is bounded by a timeout. A transport failure is reported to openraft
+//! as `Unreachable` (it backs off and retries); a forwarded request distinguishes "never sent" (safe
+//! to retry) from "outcome unknown" (not retried: a write may have been applied).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_proto::keelpeer::peer_client::PeerClient as GrpcClient;
+use keel_proto::keelpeer::{PeerRequest, PeerResponse, SnapshotChunk};
+use openraft::errors::{RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::SnapshotOf;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{
+    ClusterInfo, LeaseReply, LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, MembershipReply,
+    PROTOCOL_VERSION, SNAPSHOT_CHUNK_BYTES,
+};
+use crate::error::StoreError;
+use crate::raft::{Command, CommandResult, LogId, MemberNode, SnapshotFile, TypeConfig, Vote, decode, encode};
+
+/// Why a forwarded request has no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The request never reached the peer; retrying cannot apply it twice.
+    #[error("peer unreachable: {0}")]
+    NotSent(String),
+    /// The request may have been processed; its outcome is unknown.
+    #[error("peer call failed after sending: {0}")]
+    Uncertain(String),
+}
+
+/// Whether a failed call provably never left this member: the connection was not established
+/// (tonic reports "Service was not ready" from the client's readiness check, or an unavailable
+/// connector).
+fn never_sent(status: &Status) -> bool {
+    status.message().starts_with("Service was not ready")
+        || (status.code() == Code::Unavailable && status.message().contains("connect"))
+}
+
+/// Shared, lazily connected channels to peers.
+#[derive(Debug)]
+pub struct Peers {
+    /// Stamped on every request; 0 only while a joining member asks for the cluster's identity.
+    cluster_id: AtomicU64,
+    /// Channels by peer URL. Locked only to look up or insert.
+    channels: Mutex<HashMap<String, Channel>>,
+    connect_timeout: Duration,
+}
+
+impl Peers {
+    /// An empty channel cache.
+    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            cluster_id: AtomicU64::new(0),
+            channels: Mutex::new(HashMap::new()),
+            connect_timeout,
+        })
+    }
+
+    /// Sets the cluster id stamped on requests.
+    pub fn set_cluster_id(&self, cluster_id: u64) {
+        self.cluster_id.store(cluster_id, Ordering::Relaxed);
+    }
+
+    fn client(&self, url: &str) -> Result<GrpcClient<Channel>, ForwardError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = match channels.get(url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| ForwardError::NotSent(format!("bad peer URL {url}: {e}")))?
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                let channel = endpoint.connect_lazy();
+                channels.insert(url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(GrpcClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    fn request(&self, payload: Vec<u8>) -> PeerRequest {
+        PeerRequest {
+            version: PROTOCOL_VERSION,
+            cluster_id: self.cluster_id.load(Ordering::Relaxed),
+            payload,
+        }
+    }
+
+    /// One unary call: encode, send with a deadline, decode.
+    async fn unary<Req, Resp, F, Fut>(&self, url: &str, timeout: Duration, req: &Req, call: F) -> Result<Resp, ForwardError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(GrpcClient<Channel>, PeerRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<PeerResponse>, Status>>,
+    {
+        let client = self.client(url)?;
+        let payload = encode(req).map_err(|e| ForwardError::NotSent(e.to_string()))?;
+        let request = self.request(payload);
+        match tokio::time::timeout(timeout, call(client, request)).await {
+            Err(_) => Err(ForwardError::Uncertain(format!("no answer from {url} within {timeout:?}"))),
+            Ok(Err(status)) if never_sent(&status) => Err(ForwardError::NotSent(format!("{url}: {}", status.message()))),
+            Ok(Err(status)) => Err(ForwardError::Uncertain(format!("{url}: {}", status.message()))),
+            Ok(Ok(resp)) => decode(&resp.into_inner().payload).map_err(|e| ForwardError::Uncertain(e.to_string())),
+        }
+    }
+
+    /// Proposes a command through `leader`.
+    pub async fn propose(&self, leader: &MemberNode, command: &Command, timeout: Duration) -> Result<CommandResult, ForwardError> {
+        let url = first_url(leader)?;
+        self.unary(url, timeout, command, |mut c, r| async move { c.propose(r).await }).await
+    }
+
+    /// Asks `leader` for a read index (after it confirmed its leadership with a quorum).
+    pub async fn read_index(&self, leader: &MemberNode, timeout: Duration) -> Result<Result<LogId, StoreError>, ForwardError> {
+        let url = first_url(leader)?;
+        self.unary(url, timeout, &(), |mut c, r| async move { c.read_index(r).await }).await
+    }
+
+    /// Sends a lease operation to `leader`.
+    pub async fn lease(
+        &self,
+        leader: &MemberNode,
+        req: &LeaseRequest,
+        timeout: Duration,
+    ) -> Result<Result<LeaseReply, StoreError>, ForwardError> {
+        let url = first_url(leader)?;
+        self.unary(url, timeout, req, |mut c, r| async move { c.lease(r).await }).await
+    }
+
+    /// Sends a membership change to `leader`.
+    pub async fn change_membership(
+        &self,
+        leader: &MemberNode,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<MembershipReply, StoreError>, ForwardError> {
+        let url = first_url(leader)?;
+        self.unary(url, timeout, change, |mut c, r| async move { c.change_membership(r).await }).await
+    }
+
+    /// Asks the member at `url` for the cluster's id and members.
+    pub async fn cluster_info(&self, url: &str, timeout: Duration) -> Result<ClusterInfo, ForwardError> {
+        self.unary(url, timeout, &(), |mut c, r| async move { c.cluster_info(r).await }).await
+    }
+}
+
+fn first_url(node: &MemberNode) -> Result<&str, ForwardError> {
+    node.peer_urls
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| ForwardError::NotSent(format!("member {} has no peer URL", node.name)))
+}
+
+/// Creates openraft's connections to peers.
+#[derive(Clone, Debug)]
+pub struct PeerNetwork {
+    peers: Arc<Peers>,
+}
+
+impl PeerNetwork {
+    /// A network over the shared channel cache.
+    pub fn new(peers: Arc<Peers>) -> Self {
+        Self { peers }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Debug)]
+pub struct PeerConnection {
+    peers: Arc<Peers>,
+    target: u64,
+    node: MemberNode,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    fn unreachable(&self, why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+        Unreachable::from_string(format!("member {:x} ({}): {why}", self.target, self.node))
+    }
+
+    /// A Raft RPC whose remote result is `Result<Resp, RaftError>`.
+    async fn raft_call<Req, Resp, F, Fut>(&self, option: &RPCOption, req: &Req, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(GrpcClient<Channel>, PeerRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<PeerResponse>, Status>>,
+    {
+        let url = first_url(&self.node).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
+        let result: Result<Resp, RaftError<TypeConfig>> = self
+            .peers
+            .unary(url, option.hard_ttl(), req, call)
+            .await
+            .map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
+        // A remote Raft error means the peer's Raft has stopped: back off as for an unreachable peer.
+        result.map_err(|e| RPCError::Unreachable(self.unreachable(e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(&option, &rpc, |mut c, r| async move { c.append_entries(r).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(&option, &rpc, |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(&option, &rpc, |mut c, r| async move { c.pre_vote(r).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(&option, &req, |mut c, r| async move { c.transfer_leader(r).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let url = first_url(&self.node).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?.to_string();
+        let mut client = self.peers.client(&url).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
+        let header = encode(&(vote, snapshot.meta.clone())).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
+        let cluster_id = self.peers.cluster_id.load(Ordering::Relaxed);
+
+        // Read the file on a blocking thread, one bounded chunk at a time; the channel holds at
+        // most a few chunks, so memory stays bounded whatever the snapshot's size.
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let path = snapshot.snapshot.path().to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut file = std::fs::File::open(&path)?;
+            let mut header = Some(header);
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < data.len() {
+                    let n = file.read(&mut data[filled..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                data.truncate(filled);
+                let last = filled < SNAPSHOT_CHUNK_BYTES;
+                let chunk = SnapshotChunk {
+                    version: PROTOCOL_VERSION,
+                    cluster_id,
+                    header: header.take().unwrap_or_default(),
+                    data,
+                };
+                if tx.blocking_send(chunk).is_err() || last {
+                    return Ok(());
+                }
+            }
+        });
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        // The whole transfer is bounded by the install timeout; replication may cancel it earlier.
+        let transfer = tokio::time::timeout(option.hard_ttl().max(Duration::from_secs(60)), send);
+        let outcome = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            outcome = transfer => outcome,
+        };
+        let read = reader.await;
+        let resp = match outcome {
+            Err(_) => return Err(StreamingError::Unreachable(self.unreachable("snapshot transfer timed out"))),
+            Ok(Err(status)) => return Err(StreamingError::Unreachable(self.unreachable(status.message()))),
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        if let Ok(Err(err)) = read {
+            return Err(StreamingError::Unreachable(self.unreachable(format!("reading the snapshot: {err}"))));
+        }
+        let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+            decode(&resp.payload).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
+        result.map_err(|e| StreamingError::Unreachable(self.unreachable(e)))
+    }
+}

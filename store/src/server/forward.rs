@@ -1,0 +1,192 @@
+//! Proposals and read barriers, from any member.
+//!
+//! A follower forwards proposals to the leader over the peer API (what etcd does internally, and
+//! what etcd clients expect: they never follow redirects). Retries stay within the request
+//! timeout and happen only when the request provably was not proposed — no leader yet, the peer
+//! answered "not leader", or the connection never opened — so a write is never applied twice by a
+//! retry. Reads are idempotent and retry on any failure.
+//!
+//! A follower's linearizable read asks the leader for a read index (the leader confirms its
+//! leadership with a quorum first, so a deposed leader cannot answer) and waits until it has
+//! applied that far.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::ReadPolicy;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use tokio::time::Instant;
+
+use super::Member;
+use crate::error::StoreError;
+use crate::peer::ForwardError;
+use crate::raft::{Command, CommandResponse, LogId};
+
+/// First and largest pause between attempts while waiting for a leader.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A retry schedule bounded by a deadline.
+pub(super) struct Retry {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self { deadline: Instant::now() + timeout, backoff: FIRST_BACKOFF }
+    }
+
+    pub(super) fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits before the next attempt; false when the deadline has passed.
+    pub(super) async fn wait(&mut self) -> bool {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(self.backoff.min(remaining)).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+}
+
+/// What a local attempt concluded.
+enum Local<T> {
+    Done(Result<T, StoreError>),
+    /// Not the leader; the leader is unknown or elsewhere.
+    NotLeader,
+}
+
+impl Member {
+    /// Proposes a command and waits until it is applied, forwarding to the leader if needed.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, StoreError> {
+        let mut retry = Retry::new(self.request_timeout);
+        loop {
+            match self.try_propose_local(command.clone(), retry.remaining()).await {
+                Local::Done(result) => return result,
+                Local::NotLeader => {
+                    if let Some((_, leader)) = self.remote_leader() {
+                        match self.peers.propose(&leader, &command, retry.remaining()).await {
+                            Ok(Ok(response)) => return Ok(response),
+                            // The peer did not propose: it is not (or no longer) the leader.
+                            Ok(Err(StoreError::NotLeader | StoreError::NoLeader)) | Err(ForwardError::NotSent(_)) => {}
+                            Ok(Err(err)) => return Err(err),
+                            Err(ForwardError::Uncertain(why)) => {
+                                tracing::debug!(%why, "forwarded proposal has an unknown outcome");
+                                return Err(StoreError::Timeout);
+                            }
+                        }
+                    }
+                }
+            }
+            if !retry.wait().await {
+                return Err(if self.leader_id().is_none() {
+                    StoreError::NoLeader
+                } else {
+                    StoreError::Timeout
+                });
+            }
+        }
+    }
+
+    /// Proposes on this member only; `NotLeader` when it does not lead. Used for requests forwarded
+    /// by followers (never forwarded again, so forwarding cannot loop) and by leader-only duties.
+    pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, StoreError> {
+        match self.try_propose_local(command, self.request_timeout).await {
+            Local::Done(result) => result,
+            Local::NotLeader => Err(StoreError::NotLeader),
+        }
+    }
+
+    async fn try_propose_local(&self, command: Command, timeout: Duration) -> Local<CommandResponse> {
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Err(_) => Local::Done(Err(StoreError::Timeout)),
+            Ok(Ok(resp)) => Local::Done(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Local::NotLeader,
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Local::Done(Err(StoreError::LeaderChanged))
+            }
+            Ok(Err(RaftError::APIError(other))) => Local::Done(Err(StoreError::Internal(other.to_string()))),
+            Ok(Err(RaftError::Fatal(fatal))) => {
+                tracing::error!(%fatal, "raft stopped");
+                Local::Done(Err(StoreError::Stopped))
+            }
+        }
+    }
+
+    /// Waits until this member may serve a linearizable read: a read index confirmed by a quorum
+    /// (through the leader, from a follower) has been applied here.
+    pub async fn linearize(&self) -> Result<(), StoreError> {
+        let mut retry = Retry::new(self.request_timeout);
+        loop {
+            match tokio::time::timeout(retry.remaining(), self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+                Err(_) => return Err(StoreError::Timeout),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                    if let Some((_, leader)) = self.remote_leader()
+                        && let Ok(Ok(read_log_id)) = self.peers.read_index(&leader, retry.remaining()).await
+                    {
+                        return self.await_applied(read_log_id, retry.remaining()).await;
+                    }
+                }
+                // No quorum answered: retry while the deadline allows.
+                Ok(Err(RaftError::APIError(_))) => {}
+            }
+            if !retry.wait().await {
+                return Err(StoreError::Timeout);
+            }
+        }
+    }
+
+    async fn await_applied(&self, read_log_id: LogId, timeout: Duration) -> Result<(), StoreError> {
+        let linearizer = Linearizer::new(self.member_id, ReadLogId::from_log_id(read_log_id), None);
+        match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Timeout),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// The leader's side of a follower's linearizable read: confirm leadership, return the index.
+    pub async fn local_read_index(&self) -> Result<LogId, StoreError> {
+        let linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout, linearizer).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
+            Ok(Err(RaftError::APIError(other))) => Err(StoreError::Internal(other.to_string())),
+            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Waits until this member has applied every entry it knows to be committed (etcd's
+    /// `waitAppliedIndex`).
+    pub async fn wait_applied(&self) -> Result<(), StoreError> {
+        let committed = self.raft.metrics().borrow_watched().local_committed.as_ref().map(|id| id.index());
+        if committed.is_none() {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(committed, "applied catches up with committed")
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Timeout)
+    }
+
+    /// A fresh, positive, non-zero lease id.
+    pub fn next_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.next_lease.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Follows Raft's metrics for this member:
+//! - gaining leadership promotes the lease table (every lease gets a full TTL, etcd's rule, so no
+//!   lease expires early because leadership moved); losing it demotes the table;
+//! - once any leader is known, this member publishes its name and client URLs through the log
+//!   (forwarded to the leader when needed), as an etcd member does after it starts;
+//! - a member that sees itself dropped from the committed membership marks itself removed, and the
+//!   process serving it exits.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use super::Member;
+use crate::raft::Command;
+
+pub(super) async fn track(member: Weak<Member>) {
+    let Some(mut metrics) = member.upgrade().map(|m| m.raft.metrics()) else { return };
+    let mut leading = false;
+    let mut was_member = false;
+    loop {
+        let Some(m) = member.upgrade() else { return };
+        let is_leader = m.is_leader();
+        if is_leader && !leading {
+            m.core.lessor().promote();
+            tracing::info!(term = m.raft_term(), "became leader");
+        } else if !is_leader && leading {
+            m.core.lessor().demote();
+            tracing::info!("lost leadership");
+        }
+        leading = is_leader;
+
+        let snapshot = metrics.borrow_watched().clone();
+        let in_membership = snapshot.committed_membership_config.membership().get_node(&m.member_id).is_some();
+        if in_membership {
+            was_member = true;
+        } else if was_member && !*m.removed.borrow() {
+            tracing::error!("this member has been removed from the cluster");
+            m.removed.send_replace(true);
+        }
+        drop(m);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Attempts to publish attributes before giving up (each bounded by the request timeout).
+const PUBLISH_ATTEMPTS: u32 = 120;
+const PUBLISH_PAUSE: Duration = Duration::from_millis(500);
+
+/// Publishes this member's attributes once a leader is known, retrying a bounded number of times.
+pub(super) async fn publish(member: Weak<Member>) {
+    for _ in 0..PUBLISH_ATTEMPTS {
+        let Some(m) = member.upgrade() else { return };
+        let ready = m.leader_id().is_some() && m.core.membership().membership().get_node(&m.member_id).is_some();
+        if ready && publish_attributes(&m).await {
+            return;
+        }
+        drop(m);
+        tokio::time::sleep(PUBLISH_PAUSE).await;
+    }
+    tracing::error!("gave up publishing this member's name and client URLs");
+}
+
+/// Records this member's name and client URLs through the log; true when done or already recorded.
+async fn publish_attributes(member: &Member) -> bool {
+    let current = member.core.member_attributes().get(&member.member_id).cloned();
+    let wanted = (member.config.name.clone(), member.config.advertise_client_urls.clone());
+    if current.is_some_and(|a| (a.name, a.client_urls) == wanted) {
+        return true;
+    }
+    let command = Command::PublishMember { id: member.member_id, name: wanted.0, client_urls: wanted.1 };
+    match member.propose(command).await {
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(%err, "publishing member attributes failed; will retry");
+            false
+        }
+    }
+}
