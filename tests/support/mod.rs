@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,18 +27,37 @@ pub struct KeelProcess {
 }
 
 impl KeelProcess {
-    /// Starts `keel store` on the given ports and data directory; does not wait for readiness.
+    /// Starts a single-member `keel store` named `e2e`; does not wait for readiness.
     pub fn spawn(data_dir: &Path, client_port: u16, peer_port: u16, extra: &[&str]) -> Self {
+        Self::spawn_named(
+            "e2e",
+            data_dir,
+            client_port,
+            peer_port,
+            &["--heartbeat-interval", "50", "--election-timeout", "500"],
+            extra,
+        )
+    }
+
+    /// Starts `keel store` with a name and timing flags; does not wait for readiness.
+    pub fn spawn_named(
+        name: &str,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        timing: &[&str],
+        extra: &[&str],
+    ) -> Self {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["store", "--name", "e2e", "--data-dir"])
+            .args(["store", "--name", name, "--data-dir"])
             .arg(data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(timing)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -80,6 +101,11 @@ impl KeelProcess {
     /// The process's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// SIGKILL, then reap.

@@ -38,7 +38,10 @@ fn members(infos: Vec<MemberInfo>) -> Vec<pb::Member> {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, request: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
         observe("MemberAdd", async {
             let req = request.into_inner();
             let change = MembershipChange::Add { peer_urls: req.peer_ur_ls, is_learner: req.is_learner };

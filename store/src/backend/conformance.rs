@@ -123,6 +123,24 @@ fn export_sees_one_point_in_time(backend: &dyn Backend) {
     assert_eq!(backend.get(Cf::Revs, b"zz").unwrap(), Some(b"late".to_vec()));
 }
 
+fn checkpoint_export_sees_one_point_in_time_and_cleans_up(backend: &dyn Backend) {
+    let scratch = tempfile::tempdir().unwrap();
+    put(backend, Cf::Meta, &[(b"m", b"1")]);
+    put(backend, Cf::Leases, &[(b"l", b"2")]);
+    let mut seen = Vec::new();
+    backend
+        .export_checkpoint(scratch.path(), &[Cf::Meta, Cf::Leases], &mut |cf, k, v| {
+            let mut batch = WriteBatch::new();
+            batch.put(Cf::Leases, b"late".to_vec(), b"x".to_vec());
+            backend.write(batch, Durability::Buffered)?;
+            seen.push((cf, k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, vec![(Cf::Meta, b"m".to_vec(), b"1".to_vec()), (Cf::Leases, b"l".to_vec(), b"2".to_vec())]);
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "the checkpoint is removed");
+}
+
 fn a_new_cursor_sees_every_completed_write(backend: &dyn Backend) {
     put(backend, Cf::Revs, &[(b"a", b"1")]);
     let mut batch = WriteBatch::new();
@@ -175,6 +193,7 @@ conformance!(
     batch_ops_apply_in_order,
     delete_range_is_half_open,
     export_sees_one_point_in_time,
+    checkpoint_export_sees_one_point_in_time_and_cleans_up,
     a_new_cursor_sees_every_completed_write,
 );
 

@@ -245,6 +245,20 @@ pub trait Backend: Send + Sync + 'static {
     /// happen during the export are not seen.
     fn export(&self, cfs: &[Cf], visit: &mut ExportVisitor<'_>) -> Result<(), BackendError>;
 
+    /// Like [`Backend::export`], but from a durable point-in-time copy taken in a new directory
+    /// under `scratch` (a RocksDB checkpoint: hard-linked files, nothing copied into memory), which
+    /// is removed afterwards. `scratch` must be on the same file system as the data. Backends
+    /// without such copies export from their live view.
+    fn export_checkpoint(
+        &self,
+        scratch: &std::path::Path,
+        cfs: &[Cf],
+        visit: &mut ExportVisitor<'_>,
+    ) -> Result<(), BackendError> {
+        let _ = scratch;
+        self.export(cfs, visit)
+    }
+
     /// Approximate space the data takes (on disk for RocksDB).
     fn size_bytes(&self) -> u64;
 
@@ -253,6 +267,10 @@ pub trait Backend: Send + Sync + 'static {
         self.size_bytes()
     }
 }
+
+/// Prefix of the directories [`Backend::export_checkpoint`] creates; leftovers from a crash can be
+/// recognised and removed at start-up.
+pub const CHECKPOINT_DIR_PREFIX: &str = "checkpoint-";
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when no such key exists
 /// (the prefix is all `0xff`).

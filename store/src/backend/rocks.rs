@@ -8,12 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator,
     DBRecoveryMode, Options, WriteOptions,
 };
 
-use super::{Backend, BackendError, BatchOp, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
+use super::{Backend, BackendError, BatchOp, CHECKPOINT_DIR_PREFIX, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
 
 /// Tuning knobs for the RocksDB backend.
 #[derive(Clone, Debug)]
@@ -145,6 +146,37 @@ impl Backend for RocksBackend {
             }
             iter.status().map_err(engine)?;
         }
+        Ok(())
+    }
+
+    fn export_checkpoint(&self, scratch: &Path, cfs: &[Cf], visit: &mut ExportVisitor<'_>) -> Result<(), BackendError> {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        std::fs::create_dir_all(scratch)?;
+        let dir = scratch.join(format!("{CHECKPOINT_DIR_PREFIX}{nonce}"));
+        Checkpoint::new(&self.db).and_then(|c| c.create_checkpoint(&dir)).map_err(engine)?;
+        let result = (|| -> Result<(), BackendError> {
+            let copy = DB::open_cf_for_read_only(&Options::default(), &dir, Cf::ALL.iter().map(|cf| cf.name()), false)
+                .map_err(engine)?;
+            for &cf in cfs {
+                let handle = copy
+                    .cf_handle(cf.name())
+                    .ok_or_else(|| BackendError::Engine(format!("checkpoint lacks column family {}", cf.name())))?;
+                let mut iter = copy.raw_iterator_cf(handle);
+                iter.seek_to_first();
+                while let Some((key, value)) = iter.item() {
+                    visit(cf, key, value)?;
+                    iter.next();
+                }
+                iter.status().map_err(engine)?;
+            }
+            Ok(())
+        })();
+        let removed = std::fs::remove_dir_all(&dir);
+        result?;
+        removed?;
         Ok(())
     }
 

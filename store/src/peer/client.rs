@@ -27,8 +27,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::{
-    ClusterInfo, LeaseReply, LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, MembershipReply,
-    PROTOCOL_VERSION, SNAPSHOT_CHUNK_BYTES,
+    ClusterInfo, LeaseReply, LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, MembershipReply, PROTOCOL_VERSION,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use crate::error::StoreError;
 use crate::raft::{Command, CommandResult, LogId, MemberNode, SnapshotFile, TypeConfig, Vote, decode, encode};
@@ -65,11 +65,7 @@ pub struct Peers {
 impl Peers {
     /// An empty channel cache.
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            cluster_id: AtomicU64::new(0),
-            channels: Mutex::new(HashMap::new()),
-            connect_timeout,
-        })
+        Arc::new(Self { cluster_id: AtomicU64::new(0), channels: Mutex::new(HashMap::new()), connect_timeout })
     }
 
     /// Sets the cluster id stamped on requests.
@@ -99,15 +95,17 @@ impl Peers {
     }
 
     fn request(&self, payload: Vec<u8>) -> PeerRequest {
-        PeerRequest {
-            version: PROTOCOL_VERSION,
-            cluster_id: self.cluster_id.load(Ordering::Relaxed),
-            payload,
-        }
+        PeerRequest { version: PROTOCOL_VERSION, cluster_id: self.cluster_id.load(Ordering::Relaxed), payload }
     }
 
     /// One unary call: encode, send with a deadline, decode.
-    async fn unary<Req, Resp, F, Fut>(&self, url: &str, timeout: Duration, req: &Req, call: F) -> Result<Resp, ForwardError>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        url: &str,
+        timeout: Duration,
+        req: &Req,
+        call: F,
+    ) -> Result<Resp, ForwardError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -119,20 +117,31 @@ impl Peers {
         let request = self.request(payload);
         match tokio::time::timeout(timeout, call(client, request)).await {
             Err(_) => Err(ForwardError::Uncertain(format!("no answer from {url} within {timeout:?}"))),
-            Ok(Err(status)) if never_sent(&status) => Err(ForwardError::NotSent(format!("{url}: {}", status.message()))),
+            Ok(Err(status)) if never_sent(&status) => {
+                Err(ForwardError::NotSent(format!("{url}: {}", status.message())))
+            }
             Ok(Err(status)) => Err(ForwardError::Uncertain(format!("{url}: {}", status.message()))),
             Ok(Ok(resp)) => decode(&resp.into_inner().payload).map_err(|e| ForwardError::Uncertain(e.to_string())),
         }
     }
 
     /// Proposes a command through `leader`.
-    pub async fn propose(&self, leader: &MemberNode, command: &Command, timeout: Duration) -> Result<CommandResult, ForwardError> {
+    pub async fn propose(
+        &self,
+        leader: &MemberNode,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, ForwardError> {
         let url = first_url(leader)?;
         self.unary(url, timeout, command, |mut c, r| async move { c.propose(r).await }).await
     }
 
     /// Asks `leader` for a read index (after it confirmed its leadership with a quorum).
-    pub async fn read_index(&self, leader: &MemberNode, timeout: Duration) -> Result<Result<LogId, StoreError>, ForwardError> {
+    pub async fn read_index(
+        &self,
+        leader: &MemberNode,
+        timeout: Duration,
+    ) -> Result<Result<LogId, StoreError>, ForwardError> {
         let url = first_url(leader)?;
         self.unary(url, timeout, &(), |mut c, r| async move { c.read_index(r).await }).await
     }
@@ -197,11 +206,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
-        PeerConnection {
-            peers: self.peers.clone(),
-            target,
-            node: node.clone(),
-        }
+        PeerConnection { peers: self.peers.clone(), target, node: node.clone() }
     }
 }
 
@@ -211,7 +216,12 @@ impl PeerConnection {
     }
 
     /// A Raft RPC whose remote result is `Result<Resp, RaftError>`.
-    async fn raft_call<Req, Resp, F, Fut>(&self, option: &RPCOption, req: &Req, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn raft_call<Req, Resp, F, Fut>(
+        &self,
+        option: &RPCOption,
+        req: &Req,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -273,7 +283,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let url = first_url(&self.node).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?.to_string();
         let mut client = self.peers.client(&url).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
-        let header = encode(&(vote, snapshot.meta.clone())).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
+        let header =
+            encode(&(vote, snapshot.meta.clone())).map_err(|e| StreamingError::Unreachable(self.unreachable(e)))?;
         let cluster_id = self.peers.cluster_id.load(Ordering::Relaxed);
 
         // Read the file on a blocking thread, one bounded chunk at a time; the channel holds at

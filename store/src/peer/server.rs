@@ -80,10 +80,7 @@ impl Peer for PeerService {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PeerResponse>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         self.check(first.version, first.cluster_id)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&first.header).map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
@@ -107,10 +104,7 @@ impl Peer for PeerService {
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
         }
-        let snapshot = SnapshotOf::<TypeConfig, SnapshotFile> {
-            meta,
-            snapshot: SnapshotFile::new(&partial),
-        };
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: SnapshotFile::new(&partial) };
         let result = self.member.raft().install_full_snapshot(vote, snapshot).await;
         // Installed snapshots are renamed into place; anything left here is refused or failed.
         let _ = std::fs::remove_file(&partial);

@@ -1,7 +1,7 @@
 //! State-machine snapshots as files.
 //!
-//! A snapshot is built by streaming a point-in-time export of the state-machine column families
-//! (the backend's consistent view; apply continues meanwhile) into a file; it is never held in memory.
+//! A snapshot is built from a RocksDB checkpoint (a consistent, hard-linked copy of the database
+//! taken without stopping apply), streamed into a file; the data set is never held in memory.
 //!
 //! File layout (all integers big-endian):
 //! `"KEELSNAP" | version u32 | meta_len u32 | meta | records… | 0x00 | record_count u64 | crc32 u32`,
@@ -108,7 +108,7 @@ pub fn build(backend: &dyn Backend, dir: &Path) -> io::Result<(SnapshotMeta, Sna
     let mut meta: Option<SnapshotMeta> = None;
     let mut count: u64 = 0;
     let mut write_error: Option<io::Error> = None;
-    let exported = backend.export(&Cf::STATE_MACHINE, &mut |cf, key, value| {
+    let exported = backend.export_checkpoint(dir, &Cf::STATE_MACHINE, &mut |cf, key, value| {
         count += 1;
         let written = if cf == Cf::Meta {
             meta_records.push((key.to_vec(), value.to_vec()));
@@ -202,6 +202,8 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(TMP_SUFFIX) || name.ends_with(PARTIAL_SUFFIX) {
             fs::remove_file(&path)?;
+        } else if name.starts_with(crate::backend::CHECKPOINT_DIR_PREFIX) && path.is_dir() {
+            fs::remove_dir_all(&path)?;
         }
     }
     Ok(())

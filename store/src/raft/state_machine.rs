@@ -325,6 +325,7 @@ impl StoreCore {
         self.lessor.reload().map_err(io_err)?;
         self.load_applied()?;
         self.hub.reset_after_install();
+        tracing::info!(snapshot = %snapshot::name(meta), revision = self.mvcc.current_revision(), "installed snapshot");
         Ok(())
     }
 }

@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::ReadPolicy;
-use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use super::Member;
@@ -85,11 +85,7 @@ impl Member {
                 }
             }
             if !retry.wait().await {
-                return Err(if self.leader_id().is_none() {
-                    StoreError::NoLeader
-                } else {
-                    StoreError::Timeout
-                });
+                return Err(if self.leader_id().is_none() { StoreError::NoLeader } else { StoreError::Timeout });
             }
         }
     }

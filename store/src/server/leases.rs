@@ -31,7 +31,11 @@ impl Member {
     }
 
     /// A lease's remaining time (known only to the leader) and, when asked, its keys.
-    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<(Option<LeaseInfo>, Vec<Vec<u8>>), StoreError> {
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<(Option<LeaseInfo>, Vec<Vec<u8>>), StoreError> {
         match self.lease(LeaseRequest::TimeToLive { id, keys }).await? {
             LeaseReply::TimeToLive { info, keys } => Ok((info, keys)),
             other => Err(StoreError::Internal(format!("unexpected lease reply {other:?}"))),
@@ -46,7 +50,8 @@ impl Member {
                     if let Some((_, leader)) = self.remote_leader() {
                         match self.peers.lease(&leader, &req, retry.remaining()).await {
                             Ok(Ok(reply)) => return Ok(reply),
-                            Ok(Err(StoreError::NotLeader)) | Err(ForwardError::NotSent(_) | ForwardError::Uncertain(_)) => {}
+                            Ok(Err(StoreError::NotLeader))
+                            | Err(ForwardError::NotSent(_) | ForwardError::Uncertain(_)) => {}
                             Ok(Err(err)) => return Err(err),
                         }
                     }

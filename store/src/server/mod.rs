@@ -145,7 +145,8 @@ impl Member {
         std::fs::create_dir_all(&data_dir).map_err(|e| storage_error(&data_dir, e))?;
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::RocksDb => Arc::new(
-                RocksBackend::open(data_dir.join("db"), &RocksOptions::default()).map_err(|e| storage_error(&data_dir, e))?,
+                RocksBackend::open(data_dir.join("db"), &RocksOptions::default())
+                    .map_err(|e| storage_error(&data_dir, e))?,
             ),
             BackendKind::Memory => Arc::new(MemBackend::new()),
         };
@@ -348,16 +349,15 @@ async fn identity(
     if !pristine {
         return Err(storage_error(
             data_dir,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "the data directory has a Raft log but no member identity"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the data directory has a Raft log but no member identity",
+            ),
         ));
     }
     let own_urls = sorted(&config.initial_advertise_peer_urls);
-    let other_urls: Vec<String> = members
-        .values()
-        .flat_map(|n| n.peer_urls.iter())
-        .filter(|url| !own_urls.contains(url))
-        .cloned()
-        .collect();
+    let other_urls: Vec<String> =
+        members.values().flat_map(|n| n.peer_urls.iter()).filter(|url| !own_urls.contains(url)).cloned().collect();
     let (id, cluster) = match config.initial_cluster_state {
         ClusterState::New => {
             let id = member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token);
@@ -398,7 +398,12 @@ fn sorted(urls: &[String]) -> Vec<String> {
 }
 
 /// Asks the existing members (bounded retries) for the id a `MemberAdd` gave these peer URLs.
-async fn join(peers: &Peers, others: &[String], own_urls: &[String], timeout: Duration) -> Result<(u64, u64), StartError> {
+async fn join(
+    peers: &Peers,
+    others: &[String],
+    own_urls: &[String],
+    timeout: Duration,
+) -> Result<(u64, u64), StartError> {
     if others.is_empty() {
         return Err(StartError::Join(
             "--initial-cluster-state existing needs the existing members in --initial-cluster".into(),

@@ -1,0 +1,89 @@
+//! Failover: SIGKILL the leader of a 3- or 5-member cluster during a stream of writes. A new leader
+//! is elected, the stream continues, and afterwards every acknowledged write is present on every
+//! member, the killed one included once it restarts.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::READY_BOUND;
+use support::cluster::Cluster;
+
+const WRITERS: usize = 4;
+const WRITES_BEFORE_KILL: usize = 150;
+const WRITES_AFTER_KILL: usize = 150;
+
+async fn wait_for(acked: &Mutex<BTreeMap<String, String>>, count: usize) {
+    let deadline = tokio::time::Instant::now() + READY_BOUND;
+    while acked.lock().unwrap().len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "the write stream stalled below {count} acknowledged writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader_kill_loses_no_acknowledged_write(n: usize) {
+    let mut cluster = Cluster::start(n, &[]).await;
+    let old_leader = cluster.leader().await;
+    let everyone: Vec<usize> = (0..n).collect();
+
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        // Each writer talks to a different member first, so some writes are forwarded.
+        let mut order = everyone.clone();
+        order.rotate_left(w % n);
+        let mut client = cluster.client_for(&order).await;
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("w{w}/{i:06}"), format!("{w}-{i}"));
+                i += 1;
+                match client.put(key.as_str(), value.as_str(), None).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                    // Unacknowledged: it may or may not have landed; the next write uses a new key.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+
+    wait_for(&acked, WRITES_BEFORE_KILL).await;
+    cluster.kill(old_leader);
+    let at_kill = acked.lock().unwrap().len();
+    wait_for(&acked, at_kill + WRITES_AFTER_KILL).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader, "a new leader took over");
+
+    cluster.spawn(old_leader, "new");
+    cluster.process(old_leader).ready().await;
+    cluster.converged().await;
+    let acked = acked.lock().unwrap().clone();
+    for i in 0..n {
+        let data = cluster.local_data(i).await;
+        for (key, value) in &acked {
+            assert_eq!(data.get(key), Some(value), "member {i} lacks acknowledged write {key}");
+        }
+    }
+    eprintln!("{n} members: {} acknowledged writes on every member after killing the leader", acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_member_cluster_survives_a_leader_kill_without_losing_acknowledged_writes() {
+    leader_kill_loses_no_acknowledged_write(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_member_cluster_survives_a_leader_kill_without_losing_acknowledged_writes() {
+    leader_kill_loses_no_acknowledged_write(5).await;
+}
