@@ -1,4 +1,5 @@
-//! The `keel` binary: every server role and the admin CLI behind one clap command line.
+//! The `keel` binary: every server role and the admin CLI behind one clap command line, plus
+//! `keel bench` load generators.
 //!
 //! `keel store` runs a store member with etcd's flag names and defaults, serving clients on the
 //! client URLs and other members on the peer URLs. It serves until SIGTERM or SIGINT (or until it is
@@ -9,6 +10,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod bench;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -26,6 +29,9 @@ struct Cli {
 enum Command {
     /// Run a member of the etcd-compatible store.
     Store(Box<StoreArgs>),
+    /// Measure an etcd v3 endpoint (Keel or etcd) under load.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,15 +125,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel")
+        .build()
+        .context("starting the async runtime")?;
     match cli.command {
-        Command::Store(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("keel")
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(run_store(*args))
-        }
+        Command::Store(args) => runtime.block_on(run_store(*args)),
+        Command::Bench(bench) => runtime.block_on(bench::run(bench)),
     }
 }
 

@@ -154,3 +154,20 @@ async fn etcdctl_drives_keel_like_etcd() {
     assert!(stderr.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"), "{stderr}");
     keel.terminate();
 }
+
+/// etcdctl 3.4 sends `:authority: http://host:port` on per-endpoint calls when endpoints carry a
+/// scheme; grpc-go servers accept that, and so must Keel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_endpoints_with_a_scheme_work_for_per_endpoint_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keel = KeelProcess::spawn(&dir.path().join("data"), free_port(), free_port(), &[]);
+    keel.ready().await;
+    let ctl = Etcdctl { endpoint: keel.url() };
+    assert_eq!(ctl.ok(&["put", "k", "v"]), "OK\n");
+    let status = ctl.ok(&["endpoint", "status"]);
+    assert!(status.starts_with(&format!("{}, ", keel.url())) && status.contains(", true, false, "), "{status}");
+    let hashkv = ctl.ok(&["endpoint", "hashkv"]);
+    assert!(hashkv.starts_with(&format!("{}, ", keel.url())), "{hashkv}");
+    assert_eq!(ctl.ok(&["get", "k", "--print-value-only"]), "v\n");
+    keel.terminate();
+}

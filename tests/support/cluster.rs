@@ -133,11 +133,11 @@ impl Cluster {
                     leaders.push(status.leader());
                 }
             }
-            if leaders.len() == live.len() && !leaders.is_empty() && leaders.iter().all(|l| *l != 0 && *l == leaders[0])
-            {
-                if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leaders[0]) {
-                    return *i;
-                }
+            let agreed = leaders.len() == live.len()
+                && !leaders.is_empty()
+                && leaders.iter().all(|l| *l != 0 && *l == leaders[0]);
+            if agreed && let Some((i, _)) = ids.iter().find(|(_, id)| *id == leaders[0]) {
+                return *i;
             }
             assert!(tokio::time::Instant::now() < deadline, "no agreed leader within {READY_BOUND:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;

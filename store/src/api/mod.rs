@@ -6,7 +6,9 @@
 //! land: Auth (not registered), Snapshot, Defragment, Downgrade and alarm changes.
 
 mod cluster;
+mod connection;
 mod convert;
+mod hpack;
 mod kv;
 mod lease;
 mod maintenance;
@@ -124,11 +126,12 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
 
-    // Small requests and responses must not wait for Nagle's algorithm.
+    // Small requests and responses must not wait for Nagle's algorithm. Every client connection
+    // goes through the shim that repairs URL-valued `:authority` headers (see `connection`).
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
         conn.and_then(|tcp| {
             tcp.set_nodelay(true)?;
-            Ok(tcp)
+            Ok(connection::ClientConnection::new(tcp))
         })
     });
     tonic::transport::Server::builder()

@@ -49,11 +49,23 @@ pub(super) async fn track(member: Weak<Member>) {
 const PUBLISH_ATTEMPTS: u32 = 120;
 const PUBLISH_PAUSE: Duration = Duration::from_millis(500);
 
-/// Publishes this member's attributes once a leader is known, retrying a bounded number of times.
+/// Publishes this member's attributes as soon as a leader is known (and this member is in the
+/// membership), retrying a bounded number of times.
 pub(super) async fn publish(member: Weak<Member>) {
     for _ in 0..PUBLISH_ATTEMPTS {
         let Some(m) = member.upgrade() else { return };
-        let ready = m.leader_id().is_some() && m.core.membership().membership().get_node(&m.member_id).is_some();
+        let id = m.member_id;
+        let ready = m
+            .raft
+            .wait(Some(m.request_timeout))
+            .metrics(
+                |metrics| {
+                    metrics.current_leader.is_some() && metrics.membership_config.membership().get_node(&id).is_some()
+                },
+                "a leader is known and this member belongs to the cluster",
+            )
+            .await
+            .is_ok();
         if ready && publish_attributes(&m).await {
             return;
         }

@@ -191,11 +191,20 @@ impl Member {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if pristine && config.initial_cluster_state == ClusterState::New {
-            // Every founding member initializes with the same membership, so the entries agree; a
-            // member that already received the leader's log refuses, which is fine.
-            if let Err(err) = raft.initialize(members).await {
-                tracing::info!(%err, "not initializing: the cluster already started");
-            }
+            // Every founding member initializes with the same membership, so the entries agree.
+            // Initializing starts a campaign at once; staggering by rank (lowest id first) lets one
+            // founder win the first term instead of all splitting the vote, yet any founder still
+            // bootstraps the cluster if the ones before it are down. A member that already received
+            // the leader's log refuses to initialize, which is fine.
+            let rank = members.keys().position(|id| *id == member_id).unwrap_or(0) as u32;
+            let delay = config.election_timeout * rank;
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Err(err) = raft.initialize(members).await {
+                    tracing::debug!(%err, "not initializing: the cluster already started");
+                }
+            });
         }
 
         let syncer = core.hub().start_syncer();

@@ -63,6 +63,12 @@ impl TestServer {
             .state(openraft::ServerState::Leader, "single member elects itself")
             .await
             .expect("member becomes leader");
+        // A started member has published its name and client URLs (etcdctl's "started").
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !member.core().member_attributes().contains_key(&member.member_id()) {
+            assert!(tokio::time::Instant::now() < deadline, "the member never published its attributes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Self { member, endpoint: format!("http://127.0.0.1:{port}"), stop: Some(stop), server: Some(server), _dir: dir }
     }
 

@@ -1,0 +1,433 @@
+//! Client connections: a transparent shim between a client's TCP stream and the HTTP/2 server that
+//! repairs one quirk of real etcd clients.
+//!
+//! etcdctl 3.4 sends `:authority: http://host:port` (a URL, not an authority) on the calls it makes
+//! to one endpoint (`endpoint status`, `endpoint hashkv`, `snapshot save`, ...). etcd's grpc-go server
+//! accepts that; the h2 crate refuses the stream as malformed. The shim reads the client's HTTP/2
+//! frames, decodes each request header block with HPACK, replaces such an `:authority` with its
+//! `host:port`, and re-encodes the block as plain literals. Everything else passes through byte for
+//! byte, and the server-to-client direction is untouched.
+//!
+//! Invariants: a connection that does not start with the HTTP/2 preface, or that the shim cannot
+//! parse, is passed through unmodified from then on (the server then judges it as it would have);
+//! buffering is bounded by one frame plus one header block of at most `MAX_HEADER_BLOCK` bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::hpack::{self, Decoder};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which the server keeps; re-encoded blocks are split to it.
+const MAX_FRAME: usize = 16_384;
+/// Largest frame accepted before giving up on rewriting (HTTP/2 allows up to 16 MiB).
+const MAX_FRAME_LIMIT: usize = 1 << 24;
+/// Largest header block rewritten; beyond it the connection passes through unmodified.
+const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// HTTP/2's default SETTINGS_HEADER_TABLE_SIZE, which the server keeps.
+const HEADER_TABLE_SIZE: usize = 4096;
+
+/// `host:port` from an `:authority` that is really a URL; `None` when it needs no repair.
+fn repaired_authority(value: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let start = text.rfind("://")? + 3;
+    let rest = &text[start..];
+    let end = rest.find('/').unwrap_or(rest.len());
+    let host = &rest[..end];
+    (!host.is_empty()).then(|| host.as_bytes().to_vec())
+}
+
+enum Mode {
+    /// Expecting the connection preface.
+    Preface,
+    /// Parsing frames.
+    Frames,
+    /// Not (or no longer) parsed: bytes go through as they are.
+    Passthrough,
+}
+
+/// The rewriting state of one connection's client-to-server direction.
+struct Rewriter {
+    mode: Mode,
+    decoder: Decoder,
+    /// A header block awaiting its CONTINUATION frames: stream id, END_STREAM, fragments so far.
+    open_block: Option<(u32, bool, Vec<u8>)>,
+}
+
+impl Rewriter {
+    fn new() -> Self {
+        Self { mode: Mode::Preface, decoder: Decoder::new(HEADER_TABLE_SIZE), open_block: None }
+    }
+
+    /// Stops interpreting the connection: withheld header fragments go out first (as one HEADERS
+    /// frame, so the server sees the same header block), then `frame` if given, then the rest.
+    fn give_up(&mut self, frame: Option<&[u8]>, end_headers: bool, raw: &mut Vec<u8>, out: &mut Vec<u8>) {
+        self.mode = Mode::Passthrough;
+        if let Some((stream, end_stream, block)) = self.open_block.take() {
+            let mut flags = if end_stream { END_STREAM } else { 0 };
+            if end_headers {
+                flags |= END_HEADERS;
+            }
+            write_frame(out, HEADERS, flags, stream, &block);
+        }
+        if let Some(frame) = frame {
+            out.extend_from_slice(frame);
+        }
+        out.append(raw);
+    }
+
+    /// Moves every complete unit of `raw` to `out`, rewriting header blocks.
+    fn process(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) {
+        loop {
+            match self.mode {
+                Mode::Passthrough => {
+                    out.append(raw);
+                    return;
+                }
+                Mode::Preface => {
+                    let n = raw.len().min(PREFACE.len());
+                    if raw[..n] != PREFACE[..n] {
+                        self.give_up(None, false, raw, out);
+                        return;
+                    }
+                    if n < PREFACE.len() {
+                        return;
+                    }
+                    out.extend(raw.drain(..PREFACE.len()));
+                    self.mode = Mode::Frames;
+                }
+                Mode::Frames => {
+                    if raw.len() < FRAME_HEADER {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, raw[0], raw[1], raw[2]]) as usize;
+                    if len > MAX_FRAME_LIMIT {
+                        self.give_up(None, false, raw, out);
+                        return;
+                    }
+                    if raw.len() < FRAME_HEADER + len {
+                        return;
+                    }
+                    let (kind, flags) = (raw[3], raw[4]);
+                    let stream = u32::from_be_bytes([raw[5] & 0x7f, raw[6], raw[7], raw[8]]);
+                    if kind != HEADERS && kind != CONTINUATION {
+                        out.extend(raw.drain(..FRAME_HEADER + len));
+                        continue;
+                    }
+                    let frame: Vec<u8> = raw.drain(..FRAME_HEADER + len).collect();
+                    match self.headers_frame(kind, flags, stream, &frame[FRAME_HEADER..], out) {
+                        Ok(()) => {}
+                        // Not understood: withheld fragments, then this frame, unchanged.
+                        Err(Failure::Frame) => {
+                            self.give_up(Some(&frame), false, raw, out);
+                            return;
+                        }
+                        // The block (this frame's fragment included) did not decode: hand it over
+                        // whole, so the server reports the error it would have.
+                        Err(Failure::Block) => {
+                            self.give_up(None, true, raw, out);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn headers_frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let fragment = if kind == HEADERS {
+            if self.open_block.is_some() {
+                return Err(Failure::Frame);
+            }
+            let mut body = payload;
+            let mut pad = 0usize;
+            if flags & PADDED != 0 {
+                pad = *body.first().ok_or(Failure::Frame)? as usize;
+                body = &body[1..];
+            }
+            if flags & PRIORITY != 0 {
+                body = body.get(5..).ok_or(Failure::Frame)?;
+            }
+            let end = body.len().checked_sub(pad).ok_or(Failure::Frame)?;
+            &body[..end]
+        } else {
+            match &self.open_block {
+                Some((open, _, _)) if *open == stream => payload,
+                _ => return Err(Failure::Frame),
+            }
+        };
+        let open_len = self.open_block.as_ref().map_or(0, |(_, _, block)| block.len());
+        if open_len + fragment.len() > MAX_HEADER_BLOCK {
+            return Err(Failure::Frame);
+        }
+        let (_, _, block) = self.open_block.get_or_insert_with(|| (stream, flags & END_STREAM != 0, Vec::new()));
+        block.extend_from_slice(fragment);
+        if flags & END_HEADERS == 0 {
+            return Ok(());
+        }
+        let Some((stream, end_stream, block)) = self.open_block.as_ref() else { return Err(Failure::Frame) };
+        let (stream, end_stream) = (*stream, *end_stream);
+        let mut headers = self.decoder.decode(block).map_err(|_| Failure::Block)?;
+        self.open_block = None;
+        for (name, value) in &mut headers {
+            if name.as_slice() == b":authority"
+                && let Some(fixed) = repaired_authority(value)
+            {
+                *value = fixed;
+            }
+        }
+        let encoded = hpack::encode(&headers);
+        let mut chunks = encoded.chunks(MAX_FRAME).peekable();
+        let mut first = true;
+        // An empty block still needs its HEADERS frame.
+        if encoded.is_empty() {
+            write_frame(out, HEADERS, END_HEADERS | if end_stream { END_STREAM } else { 0 }, stream, &[]);
+        }
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let mut frame_flags = if last { END_HEADERS } else { 0 };
+            let kind = if first {
+                if end_stream {
+                    frame_flags |= END_STREAM;
+                }
+                HEADERS
+            } else {
+                CONTINUATION
+            };
+            write_frame(out, kind, frame_flags, stream, chunk);
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// Why a header frame was not rewritten.
+enum Failure {
+    /// The frame itself is not understood (e.g. a CONTINUATION out of place).
+    Frame,
+    /// The complete header block did not decode.
+    Block,
+}
+
+fn write_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A client TCP connection with the request-header repair applied to what the server reads.
+pub struct ClientConnection {
+    io: TcpStream,
+    rewriter: Rewriter,
+    /// Bytes read from the client, not yet processed (at most one frame plus a read).
+    raw: Vec<u8>,
+    /// Processed bytes not yet handed to the server.
+    ready: Vec<u8>,
+    /// How much of `ready` was handed over.
+    taken: usize,
+    eof: bool,
+}
+
+impl ClientConnection {
+    /// Wraps an accepted client connection.
+    pub fn new(io: TcpStream) -> Self {
+        Self { io, rewriter: Rewriter::new(), raw: Vec::new(), ready: Vec::new(), taken: 0, eof: false }
+    }
+}
+
+impl AsyncRead for ClientConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.taken < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.taken);
+                buf.put_slice(&this.ready[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.ready.len() {
+                    this.ready.clear();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // Whatever could not be parsed goes to the server as it is; then end of stream.
+                if !this.raw.is_empty() {
+                    this.ready.append(&mut this.raw);
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    if filled.is_empty() {
+                        this.eof = true;
+                        continue;
+                    }
+                    this.raw.extend_from_slice(filled);
+                    this.rewriter.process(&mut this.raw, &mut this.ready);
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl Connected for ClientConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_frames(authority: &str) -> Vec<u8> {
+        let headers: Vec<hpack::Header> = vec![
+            (b":method".to_vec(), b"POST".to_vec()),
+            (b":scheme".to_vec(), b"http".to_vec()),
+            (b":path".to_vec(), b"/etcdserverpb.Maintenance/Status".to_vec()),
+            (b":authority".to_vec(), authority.as_bytes().to_vec()),
+        ];
+        let block = hpack::encode(&headers);
+        let mut out = PREFACE.to_vec();
+        write_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+        // HEADERS split in two fragments, padded, with priority.
+        let (a, b) = block.split_at(block.len() / 2);
+        let mut payload = vec![3u8];
+        payload.extend_from_slice(&[0, 0, 0, 0, 16]);
+        payload.extend_from_slice(a);
+        payload.extend_from_slice(&[0, 0, 0]);
+        write_frame(&mut out, HEADERS, PADDED | PRIORITY, 1, &payload);
+        write_frame(&mut out, CONTINUATION, END_HEADERS, 1, b);
+        write_frame(&mut out, 0x0, END_STREAM, 1, b"body");
+        out
+    }
+
+    fn run(input: &[u8], step: usize) -> Vec<u8> {
+        let mut rewriter = Rewriter::new();
+        let (mut raw, mut out) = (Vec::new(), Vec::new());
+        for piece in input.chunks(step) {
+            raw.extend_from_slice(piece);
+            rewriter.process(&mut raw, &mut out);
+        }
+        out
+    }
+
+    fn authorities(stream: &[u8]) -> Vec<String> {
+        let mut decoder = Decoder::new(HEADER_TABLE_SIZE);
+        let mut at = PREFACE.len();
+        let mut found = Vec::new();
+        let mut block = Vec::new();
+        while at + FRAME_HEADER <= stream.len() {
+            let len = u32::from_be_bytes([0, stream[at], stream[at + 1], stream[at + 2]]) as usize;
+            let (kind, flags) = (stream[at + 3], stream[at + 4]);
+            let payload = &stream[at + FRAME_HEADER..at + FRAME_HEADER + len];
+            if kind == HEADERS || kind == CONTINUATION {
+                block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    for (name, value) in decoder.decode(&block).unwrap() {
+                        if name == b":authority" {
+                            found.push(String::from_utf8(value).unwrap());
+                        }
+                    }
+                    block.clear();
+                }
+            }
+            at += FRAME_HEADER + len;
+        }
+        found
+    }
+
+    #[test]
+    fn a_url_authority_becomes_host_and_port_however_the_bytes_arrive() {
+        let input = request_frames("http://127.0.0.1:2379");
+        for step in [1, 7, 64, input.len()] {
+            let out = run(&input, step);
+            assert_eq!(authorities(&out), ["127.0.0.1:2379"], "read {step} bytes at a time");
+            assert!(out.ends_with(b"body"), "other frames pass through");
+        }
+    }
+
+    #[test]
+    fn an_undecodable_block_reaches_the_server_unchanged_and_parsing_stops() {
+        let mut input = PREFACE.to_vec();
+        write_frame(&mut input, HEADERS, 0, 1, &[0xbe]); // index 62: no dynamic entry yet
+        write_frame(&mut input, CONTINUATION, END_HEADERS, 1, &[0x82]);
+        write_frame(
+            &mut input,
+            HEADERS,
+            END_HEADERS,
+            3,
+            &hpack::encode(&[(b":authority".to_vec(), b"http://x:1".to_vec())]),
+        );
+        let out = run(&input, 4);
+        let mut expected = PREFACE.to_vec();
+        write_frame(&mut expected, HEADERS, END_HEADERS, 1, &[0xbe, 0x82]);
+        expected.extend_from_slice(&input[PREFACE.len() + 2 * FRAME_HEADER + 2..]);
+        assert_eq!(out, expected, "the block goes on whole, and nothing after it is rewritten");
+    }
+
+    #[test]
+    fn proper_authorities_and_non_http2_traffic_are_left_alone() {
+        let out = run(&request_frames("127.0.0.1:2379"), 5);
+        assert_eq!(authorities(&out), ["127.0.0.1:2379"]);
+        let http1 = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        assert_eq!(run(&http1, 3), http1);
+        assert_eq!(repaired_authority(b"passthrough:///http://10.0.0.1:2379"), Some(b"10.0.0.1:2379".to_vec()));
+        assert_eq!(repaired_authority(b"10.0.0.1:2379"), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! Leases and watches across failures:
+//! - a lease kept alive through a follower survives the leader's death (the new leader extends
+//!   every lease by its TTL), while an abandoned lease expires, exactly once;
+//! - a watcher whose member dies resumes on another member from the next revision and sees every
+//!   event exactly once, in order.
+
+mod support;
+
+use std::time::Duration;
+
+use etcd_client::{EventType, PutOptions, WatchOptions};
+use support::cluster::Cluster;
+
+const TTL: i64 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_lease_survives_a_leader_kill_and_an_abandoned_one_expires_once() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(follower).await;
+
+    let kept = client.lease_grant(TTL, None).await.unwrap().id();
+    let abandoned = client.lease_grant(TTL, None).await.unwrap().id();
+    client.put("kept", "1", Some(PutOptions::new().with_lease(kept))).await.unwrap();
+    client.put("abandoned", "1", Some(PutOptions::new().with_lease(abandoned))).await.unwrap();
+    let (_watcher, mut deletes) = client.watch("abandoned", None).await.unwrap();
+
+    // Keep-alives go to a follower, which forwards them to whoever leads.
+    let keeper = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let (mut keeper, mut replies) = client.lease_keep_alive(kept).await.unwrap();
+            for _ in 0..(4 * TTL) {
+                keeper.keep_alive().await.unwrap();
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(30), replies.message()).await.unwrap().unwrap().unwrap();
+                assert_eq!(reply.ttl(), TTL, "the kept lease stays alive");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill(leader);
+    keeper.await.unwrap();
+
+    // By now the abandoned lease (TTL 5 s, last renewed never) has long expired: one delete event.
+    let first = tokio::time::timeout(Duration::from_secs(30), deletes.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events().len(), 1);
+    assert_eq!(first.events()[0].event_type(), EventType::Delete);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), deletes.message()).await.is_err(),
+        "the abandoned lease expired exactly once"
+    );
+    assert!(client.get("abandoned", None).await.unwrap().kvs().is_empty());
+    assert_eq!(client.lease_time_to_live(abandoned, None).await.unwrap().ttl(), -1);
+    assert_eq!(client.get("kept", None).await.unwrap().kvs().len(), 1, "the kept lease's key survived");
+    let ttl = client.lease_time_to_live(kept, None).await.unwrap().ttl();
+    assert!(ttl > 0 && ttl <= TTL, "remaining TTL {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_on_another_member_without_gap_or_duplicate() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let watched = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+
+    let mut writer_client = cluster.client_for(&[leader, other]).await;
+    let start = writer_client.put("w/start", "0", None).await.unwrap().header().unwrap().revision() + 1;
+    const WRITES: usize = 300;
+    let writer = tokio::spawn(async move {
+        let mut revisions = Vec::new();
+        for i in 0..WRITES {
+            let resp = writer_client.put(format!("w/{i:04}"), i.to_string(), None).await.unwrap();
+            revisions.push(resp.header().unwrap().revision());
+        }
+        revisions
+    });
+
+    let mut seen: Vec<i64> = Vec::new();
+    let mut client = cluster.client(watched).await;
+    let (_w, mut stream) =
+        client.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(start))).await.unwrap();
+    while seen.len() < WRITES / 3 {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    cluster.kill(watched);
+    // Drain whatever the dead member's stream still delivers, then resume elsewhere.
+    while let Ok(Ok(Some(resp))) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+        seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    let resume = seen.last().copied().unwrap_or(start - 1) + 1;
+    let mut client = cluster.client(other).await;
+    let (_w, mut stream) =
+        client.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(resume))).await.unwrap();
+    let expected = writer.await.unwrap();
+    while seen.len() < WRITES {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    assert_eq!(seen, expected, "every event exactly once, in order, across the member switch");
+}
