@@ -9,13 +9,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod bench;
+mod certs;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keel_store::server::{ClusterState, Member, StoreConfig, parse_url};
+use keel_store::tls::{Listener, ServerTls, TlsFiles};
 
 /// Keel: a Kubernetes-style control plane on its own Raft-replicated, etcd-compatible store.
 #[derive(Debug, Parser)]
@@ -32,6 +35,9 @@ enum Command {
     /// Measure an etcd v3 endpoint (Keel or etcd) under load.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Create a CA and the server, peer and client certificates it signs.
+    #[command(subcommand)]
+    Certs(certs::Certs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -100,6 +106,39 @@ struct StoreArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 30s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: Duration,
+    /// Path to the client server TLS certificate file (for https:// client URLs).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA certificate file.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Enable client certificate authentication: clients need a certificate from --trusted-ca-file;
+    /// with auth enabled, its common name is the user.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Path to the peer server TLS certificate file (for https:// peer URLs); also presented to
+    /// other members.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client certificate authentication. Always on when peer TLS is configured: members
+    /// authenticate each other in both directions. Accepted for etcd compatibility.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
+    /// bcrypt cost for hashing user passwords (4 to 31).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
+    /// Time (in seconds) an authentication token stays valid.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    auth_token_ttl: u64,
     /// Log level.
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -133,6 +172,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(*args)),
         Command::Bench(bench) => runtime.block_on(bench::run(bench)),
+        Command::Certs(certs) => certs::run(certs),
     }
 }
 
@@ -168,7 +208,40 @@ fn store_config(args: &StoreArgs) -> StoreConfig {
     config.election_timeout = Duration::from_millis(args.election_timeout);
     config.snapshot_count = args.snapshot_count;
     config.watch_progress_notify_interval = args.experimental_watch_progress_notify_interval;
+    config.client_tls = TlsFiles {
+        cert_file: args.cert_file.clone(),
+        key_file: args.key_file.clone(),
+        trusted_ca_file: args.trusted_ca_file.clone(),
+    };
+    config.client_cert_auth = args.client_cert_auth;
+    config.bcrypt_cost = args.bcrypt_cost;
+    config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl);
+    config.peer_tls = TlsFiles {
+        cert_file: args.peer_cert_file.clone(),
+        key_file: args.peer_key_file.clone(),
+        trusted_ca_file: args.peer_trusted_ca_file.clone(),
+    };
     config
+}
+
+/// Refuses TLS flags that cannot work together, before anything is bound or opened.
+fn check_tls_flags(config: &StoreConfig) -> Result<()> {
+    let https = |urls: &[String]| urls.iter().any(|url| url.starts_with("https://"));
+    let client = &config.client_tls;
+    if https(&config.listen_client_urls) && (client.cert_file.is_none() || client.key_file.is_none()) {
+        bail!("https:// in --listen-client-urls needs --cert-file and --key-file");
+    }
+    if config.client_cert_auth && client.trusted_ca_file.is_none() {
+        bail!("--client-cert-auth needs --trusted-ca-file");
+    }
+    let peer = &config.peer_tls;
+    let peer_https = https(&config.listen_peer_urls) || https(&config.initial_advertise_peer_urls);
+    if (peer_https || *peer != TlsFiles::default())
+        && (peer.cert_file.is_none() || peer.key_file.is_none() || peer.trusted_ca_file.is_none())
+    {
+        bail!("peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file together");
+    }
+    Ok(())
 }
 
 fn metrics_address(url: &str) -> Result<SocketAddr> {
@@ -186,6 +259,12 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         bail!("--election-timeout must be at least five times --heartbeat-interval");
     }
     let config = store_config(&args);
+    check_tls_flags(&config)?;
+    if args.peer_client_cert_auth && config.peer_tls == TlsFiles::default() {
+        bail!("--peer-client-cert-auth needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file");
+    }
+    let client_tls = config.client_server_tls().context("client TLS")?;
+    let peer_tls = config.peer_server_tls().context("peer TLS")?;
 
     match args.listen_metrics_urls.as_slice() {
         [] => {}
@@ -202,8 +281,8 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         _ => bail!("--listen-metrics-urls takes one URL in this build"),
     }
 
-    let client_listeners = bind_all(&config.listen_client_urls, "clients").await?;
-    let peer_listeners = bind_all(&config.listen_peer_urls, "peers").await?;
+    let client_listeners = bind_all(&config.listen_client_urls, "clients", client_tls).await?;
+    let peer_listeners = bind_all(&config.listen_peer_urls, "peers", peer_tls).await?;
 
     let member = Member::start(config.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -234,14 +313,20 @@ async fn run_store(args: StoreArgs) -> Result<()> {
     Ok(())
 }
 
-async fn bind_all(urls: &[String], purpose: &str) -> Result<Vec<tokio::net::TcpListener>> {
+/// Binds every URL; `https://` ones serve TLS with `tls` (checked to exist by `check_tls_flags`).
+async fn bind_all(urls: &[String], purpose: &str, tls: Option<Arc<ServerTls>>) -> Result<Vec<Listener>> {
     let mut listeners = Vec::new();
     for url in urls {
+        let tls = if url.starts_with("https://") {
+            Some(tls.clone().with_context(|| format!("{url} needs TLS certificate flags"))?)
+        } else {
+            None
+        };
         for addr in parse_url(url)? {
-            let listener = tokio::net::TcpListener::bind(addr)
+            let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening for {purpose} on {addr}"))?;
-            listeners.push(listener);
+            listeners.push(Listener { tcp, tls: tls.clone() });
         }
     }
     Ok(listeners)

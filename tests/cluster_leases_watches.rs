@@ -23,8 +23,12 @@ async fn a_kept_alive_lease_survives_a_leader_kill_and_an_abandoned_one_expires_
     let kept = client.lease_grant(TTL, None).await.unwrap().id();
     let abandoned = client.lease_grant(TTL, None).await.unwrap().id();
     client.put("kept", "1", Some(PutOptions::new().with_lease(kept))).await.unwrap();
-    client.put("abandoned", "1", Some(PutOptions::new().with_lease(abandoned))).await.unwrap();
-    let (_watcher, mut deletes) = client.watch("abandoned", None).await.unwrap();
+    let put = client.put("abandoned", "1", Some(PutOptions::new().with_lease(abandoned))).await.unwrap();
+    // Watch from just after the put: the follower may not have applied it yet, and a watch from
+    // "now" there would report the put itself.
+    let after_put = put.header().unwrap().revision() + 1;
+    let (_watcher, mut deletes) =
+        client.watch("abandoned", Some(WatchOptions::new().with_start_revision(after_put))).await.unwrap();
 
     // Keep-alives go to a follower, which forwards them to whoever leads.
     let keeper = tokio::spawn({

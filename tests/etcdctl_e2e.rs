@@ -171,3 +171,53 @@ async fn etcdctl_endpoints_with_a_scheme_work_for_per_endpoint_commands() {
     assert_eq!(ctl.ok(&["get", "k", "--print-value-only"]), "v\n");
     keel.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_user_role_and_auth_commands_work_like_etcds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keel = KeelProcess::spawn(&dir.path().join("data"), free_port(), free_port(), &["--bcrypt-cost", "4"]);
+    keel.ready().await;
+    let ctl = Etcdctl { endpoint: keel.endpoint() };
+
+    assert_eq!(ctl.ok(&["user", "add", "root:rootpw"]), "User root created\n");
+    assert_eq!(ctl.ok(&["user", "grant-role", "root", "root"]), "Role root is granted to user root\n");
+    assert_eq!(ctl.ok(&["auth", "enable"]), "Authentication Enabled\n");
+
+    // Without credentials nothing is served; with root's, administration works.
+    assert!(ctl.fails(&["put", "k", "v"]).contains("user name is empty"));
+    assert!(ctl.fails(&["get", "k", "--user", "root:wrong"]).contains("authentication failed"));
+    let root = ["--user", "root:rootpw"];
+    let as_root = |args: &[&'static str]| -> Vec<&'static str> { [&root[..], args].concat() };
+    assert_eq!(ctl.ok(&as_root(&["role", "add", "app"])), "Role app created\n");
+    assert_eq!(
+        ctl.ok(&as_root(&["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"])),
+        "Role app updated\n"
+    );
+    assert_eq!(ctl.ok(&as_root(&["user", "add", "alice:alicepw"])), "User alice created\n");
+    assert_eq!(ctl.ok(&as_root(&["user", "grant-role", "alice", "app"])), "Role app is granted to user alice\n");
+    assert_eq!(ctl.ok(&as_root(&["user", "list"])), "alice\nroot\n");
+    assert_eq!(ctl.ok(&as_root(&["role", "list"])), "app\n");
+    let role = ctl.ok(&as_root(&["role", "get", "app"]));
+    assert!(role.contains("KV Read:") && role.contains("[/app/, /app0) (prefix /app/)"), "{role}");
+    assert_eq!(ctl.ok(&as_root(&["user", "get", "alice"])), "User: alice\nRoles: app\n");
+
+    // alice may use /app/ and nothing else, and may not administer.
+    let alice = ["--user", "alice:alicepw"];
+    let as_alice = |args: &[&'static str]| -> Vec<&'static str> { [&alice[..], args].concat() };
+    assert_eq!(ctl.ok(&as_alice(&["put", "/app/x", "1"])), "OK\n");
+    assert_eq!(ctl.ok(&as_alice(&["get", "/app/x", "--print-value-only"])), "1\n");
+    assert!(ctl.fails(&as_alice(&["put", "/other", "1"])).contains("permission denied"));
+    assert!(ctl.fails(&as_alice(&["get", "/other"])).contains("permission denied"));
+    assert!(ctl.fails(&as_alice(&["user", "list"])).contains("permission denied"));
+
+    // Revoking the role takes alice's access away at once.
+    assert_eq!(ctl.ok(&as_root(&["user", "revoke-role", "alice", "app"])), "Role app is revoked from user alice\n");
+    assert!(ctl.fails(&as_alice(&["get", "/app/x"])).contains("permission denied"));
+    assert!(ctl.fails(&as_root(&["user", "delete", "root"])).contains("invalid auth management"));
+
+    assert_eq!(ctl.ok(&as_root(&["auth", "disable"])), "Authentication Disabled\n");
+    assert_eq!(ctl.ok(&["get", "/app/x", "--print-value-only"]), "1\n");
+    // With auth off, credentials are ignored (etcd's clients treat "not enabled" as no token).
+    assert_eq!(ctl.ok(&["put", "/other", "2", "--user", "alice:alicepw"]), "OK\n");
+    keel.terminate();
+}

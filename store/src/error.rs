@@ -90,6 +90,54 @@ pub enum StoreError {
     /// Another membership change is in progress.
     #[error("re-configuration failed: another membership change is in progress")]
     MembershipChangeInProgress,
+    /// `AuthEnable` without a `root` user.
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    /// `AuthEnable` while `root` lacks the root role.
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    /// `UserAdd` of an existing name.
+    #[error("user name already exists")]
+    UserAlreadyExist,
+    /// No user: an empty name, or a request without credentials while auth is on.
+    #[error("user name is empty")]
+    UserEmpty,
+    /// No such user.
+    #[error("user name not found")]
+    UserNotFound,
+    /// `RoleAdd` of an existing name.
+    #[error("role name already exists")]
+    RoleAlreadyExist,
+    /// No such role.
+    #[error("role name not found")]
+    RoleNotFound,
+    /// An empty role name.
+    #[error("role name is empty")]
+    RoleEmpty,
+    /// Wrong user name or password.
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// `RoleGrantPermission` without a permission.
+    #[error("permission not given")]
+    PermissionNotGiven,
+    /// The caller may not do this.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// `UserRevokeRole` of a role the user does not have.
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    /// `RoleRevokePermission` of a grant the role does not have.
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    /// An auth operation that needs auth on.
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that is malformed, expired, forged, or for a changed user.
+    #[error("invalid auth token")]
+    InvalidAuthToken,
+    /// A change that would lock administrators out (deleting root, ...), or a bad grant range.
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
     /// The operation is not available in this build or configuration.
     #[error("{0}")]
     Unsupported(String),

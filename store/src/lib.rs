@@ -6,13 +6,16 @@
 //! - `server`: a running member: proposals to Raft and waiting for their results, linearizable
 //!   reads, the lease expiry loop, metrics.
 //! - `raft`: the replicated log (openraft), the log store, the deterministic state machine, snapshots.
-//! - `mvcc`, `lease`, `watch`: the data model the state machine applies to.
+//! - `mvcc`, `lease`, `watch`, `auth`: the data model the state machine applies to.
 //! - `backend`: ordered key-value storage (RocksDB, or memory for tests).
+//! - `tls`: rustls configurations for listeners and peer connections, reloaded on rotation, and the
+//!   certificate tooling behind `keel certs`.
 //!
 //! Invariant: every state change, lease expiry included, is a Raft log entry applied by the state
 //! machine; nothing else writes the state-machine column families.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod format;
@@ -21,6 +24,7 @@ pub mod mvcc;
 pub mod peer;
 pub mod raft;
 pub mod server;
+pub mod tls;
 pub mod watch;
 
 mod serde_bytes;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 
+use super::pki::Pki;
 use super::{KeelProcess, READY_BOUND, free_port};
 
 /// Raft timing for clusters: etcd's defaults, so debug builds sharing two cores do not hold
@@ -23,11 +24,22 @@ pub struct Cluster {
     pub processes: Vec<Option<KeelProcess>>,
     /// Flags every member starts with (besides identity and timing).
     pub extra: Vec<String>,
+    /// TLS everywhere when set: members get the PKI's flags, clients present `root`'s certificate.
+    pub pki: Option<std::sync::Arc<Pki>>,
 }
 
 impl Cluster {
     /// Starts `n` founding members and waits until they agree on a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Self {
+        Self::start_with(n, extra, None).await
+    }
+
+    /// Starts `n` founding members with TLS from `pki` everywhere.
+    pub async fn start_tls(n: usize, extra: &[&str], pki: std::sync::Arc<Pki>) -> Self {
+        Self::start_with(n, extra, Some(pki)).await
+    }
+
+    async fn start_with(n: usize, extra: &[&str], pki: Option<std::sync::Arc<Pki>>) -> Self {
         let mut cluster = Self {
             dir: tempfile::tempdir().expect("temp dir"),
             names: (1..=n).map(|i| format!("n{i}")).collect(),
@@ -35,6 +47,7 @@ impl Cluster {
             peer_ports: (0..n).map(|_| free_port()).collect(),
             processes: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            pki,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -55,7 +68,7 @@ impl Cluster {
         self.names
             .iter()
             .zip(&self.peer_ports)
-            .map(|(name, port)| format!("{name}=http://127.0.0.1:{port}"))
+            .map(|(name, port)| format!("{name}={}://127.0.0.1:{port}", self.scheme()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -65,13 +78,17 @@ impl Cluster {
         let initial = self.initial_cluster();
         let mut extra: Vec<&str> = vec!["--initial-cluster", &initial, "--initial-cluster-state", state];
         extra.extend(self.extra.iter().map(String::as_str));
-        let process = KeelProcess::spawn_named(
+        let flags = self.pki.as_ref().map(|pki| pki.store_flags());
+        let tls =
+            self.pki.as_ref().zip(flags.as_ref()).map(|(pki, flags)| (flags.as_slice(), pki.options(Some("root"))));
+        let process = KeelProcess::spawn_with_tls(
             &self.names[i],
             &self.data_dir(i),
             self.client_ports[i],
             self.peer_ports[i],
             TIMING,
             &extra,
+            tls,
         );
         self.processes[i] = Some(process);
     }
@@ -89,12 +106,21 @@ impl Cluster {
         self.processes[i].as_mut().expect("member is running")
     }
 
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
+    /// Options for clients: `root`'s certificate under TLS.
+    pub fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        self.pki.as_ref().map(|pki| pki.options(Some("root")))
+    }
+
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.client_ports[i])
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_ports[i])
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.peer_ports[i])
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_ports[i])
     }
 
     /// Indexes of members whose process is running.
@@ -104,13 +130,13 @@ impl Cluster {
 
     /// A client for member `i` only.
     pub async fn client(&self, i: usize) -> Client {
-        Client::connect([self.url(i)], None).await.expect("connect")
+        Client::connect([self.url(i)], self.options()).await.expect("connect")
     }
 
     /// A client that spreads requests over the given members.
     pub async fn client_for(&self, members: &[usize]) -> Client {
         let urls: Vec<String> = members.iter().map(|&i| self.url(i)).collect();
-        Client::connect(urls, None).await.expect("connect")
+        Client::connect(urls, self.options()).await.expect("connect")
     }
 
     /// Member id of member `i`, from its own status.
@@ -126,7 +152,7 @@ impl Cluster {
             let mut ids = Vec::new();
             let mut leaders = Vec::new();
             for &i in &live {
-                if let Ok(mut client) = Client::connect([self.url(i)], None).await
+                if let Ok(mut client) = Client::connect([self.url(i)], self.options()).await
                     && let Ok(status) = client.status().await
                 {
                     ids.push((i, status.header().map_or(0, |h| h.member_id())));

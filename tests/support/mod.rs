@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,9 +13,22 @@ use std::time::Duration;
 /// How long a member may take to start answering before the test fails.
 pub const READY_BOUND: Duration = Duration::from_secs(60);
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, chosen below Linux's ephemeral range
+/// (32768 and up): a port the kernel hands out for `bind(0)` can also be taken a moment later as
+/// the local end of some outgoing connection, before the server that was meant to get it binds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("find a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed).wrapping_mul(104_729));
+        let port = 15_000 + (n % 17_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 15000..32000 after 1000 tries");
 }
 
 /// A `keel store` process.
@@ -24,6 +38,10 @@ pub struct KeelProcess {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// `http` or `https` (both client and peer URLs).
+    pub scheme: &'static str,
+    /// How clients connect (TLS options); `None` for plain connections.
+    pub options: Option<etcd_client::ConnectOptions>,
 }
 
 impl KeelProcess {
@@ -48,8 +66,24 @@ impl KeelProcess {
         timing: &[&str],
         extra: &[&str],
     ) -> Self {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        Self::spawn_with_tls(name, data_dir, client_port, peer_port, timing, extra, None)
+    }
+
+    /// Starts `keel store`; with `tls` (the PKI's flags and client options), client and peer URLs
+    /// are `https://` and clients present the `root` certificate.
+    pub fn spawn_with_tls(
+        name: &str,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        timing: &[&str],
+        extra: &[&str],
+        tls: Option<(&[String], etcd_client::ConnectOptions)>,
+    ) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
+        let peer = format!("{scheme}://127.0.0.1:{peer_port}");
+        let tls_flags: &[String] = tls.as_ref().map_or(&[], |(flags, _)| flags);
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -58,12 +92,21 @@ impl KeelProcess {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(timing)
+            .args(tls_flags)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("spawn keel");
-        Self { child: Some(child), client_port, peer_port, data_dir: data_dir.to_path_buf(), log }
+        Self {
+            child: Some(child),
+            client_port,
+            peer_port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            scheme,
+            options: tls.map(|(_, options)| options),
+        }
     }
 
     /// The client endpoint, as `host:port` (the form etcdctl takes).
@@ -73,7 +116,7 @@ impl KeelProcess {
 
     /// The client URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// Waits until the member answers `Status` and has a leader.
@@ -83,7 +126,7 @@ impl KeelProcess {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("keel exited early with {status}; log:\n{}", self.log_text());
             }
-            if let Ok(mut client) = etcd_client::Client::connect([self.url()], None).await
+            if let Ok(mut client) = etcd_client::Client::connect([self.url()], self.options.clone()).await
                 && let Ok(status) = client.status().await
                 && status.leader() != 0
             {

@@ -43,6 +43,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         observe("MemberAdd", async {
+            // Membership changes are administration (etcd leaves them unchecked; we do not).
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let req = request.into_inner();
             let change = MembershipChange::Add { peer_urls: req.peer_ur_ls, is_learner: req.is_learner };
             let reply = self.api.member.change_membership(change).await?;
@@ -60,6 +63,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         observe("MemberRemove", async {
+            // Membership changes are administration (etcd leaves them unchecked; we do not).
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let id = request.into_inner().id;
             let reply = self.api.member.change_membership(MembershipChange::Remove { id }).await?;
             Ok(Response::new(pb::MemberRemoveResponse {
@@ -75,6 +81,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         observe("MemberUpdate", async {
+            // Membership changes are administration (etcd leaves them unchecked; we do not).
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let req = request.into_inner();
             let change = MembershipChange::Update { id: req.id, peer_urls: req.peer_ur_ls };
             let reply = self.api.member.change_membership(change).await?;
@@ -107,6 +116,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         observe("MemberPromote", async {
+            // Membership changes are administration (etcd leaves them unchecked; we do not).
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let id = request.into_inner().id;
             let reply = self.api.member.change_membership(MembershipChange::Promote { id }).await?;
             Ok(Response::new(pb::MemberPromoteResponse {

@@ -1,5 +1,6 @@
-//! Client connections: a transparent shim between a client's TCP stream and the HTTP/2 server that
-//! repairs one quirk of real etcd clients.
+//! Client connections: a transparent shim between a client's stream (plain TCP, or TLS after the
+//! handshake) and the HTTP/2 server that repairs one quirk of real etcd clients, and records who
+//! the client is ([`PeerIdentity`], found by handlers in each request's extensions).
 //!
 //! etcdctl 3.4 sends `:authority: http://host:port` (a URL, not an authority) on the calls it makes
 //! to one endpoint (`endpoint status`, `endpoint hashkv`, `snapshot save`, ...). etcd's grpc-go server
@@ -17,8 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::hpack::{self, Decoder};
 
@@ -236,9 +236,20 @@ fn write_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u
     out.extend_from_slice(payload);
 }
 
-/// A client TCP connection with the request-header repair applied to what the server reads.
-pub struct ClientConnection {
-    io: TcpStream,
+/// Who is at the other end of a client connection, as handlers find it in request extensions.
+#[derive(Clone, Debug, Default)]
+pub struct PeerIdentity {
+    /// The client's address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// The subject of the client's verified certificate (TLS with client-certificate auth only).
+    pub certificate: Option<crate::tls::CertIdentity>,
+}
+
+/// A client connection (plain TCP or TLS) with the request-header repair applied to what the
+/// server reads.
+pub struct ClientConnection<S> {
+    io: S,
+    identity: PeerIdentity,
     rewriter: Rewriter,
     /// Bytes read from the client, not yet processed (at most one frame plus a read).
     raw: Vec<u8>,
@@ -249,14 +260,15 @@ pub struct ClientConnection {
     eof: bool,
 }
 
-impl ClientConnection {
-    /// Wraps an accepted client connection.
-    pub fn new(io: TcpStream) -> Self {
-        Self { io, rewriter: Rewriter::new(), raw: Vec::new(), ready: Vec::new(), taken: 0, eof: false }
+impl ClientConnection<crate::tls::MaybeTls> {
+    /// Wraps an established connection, plain or TLS.
+    pub fn new(io: crate::tls::MaybeTls) -> Self {
+        let identity = PeerIdentity { remote_addr: io.remote_addr(), certificate: io.client_identity() };
+        Self { io, identity, rewriter: Rewriter::new(), raw: Vec::new(), ready: Vec::new(), taken: 0, eof: false }
     }
 }
 
-impl AsyncRead for ClientConnection {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientConnection<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
@@ -297,7 +309,7 @@ impl AsyncRead for ClientConnection {
     }
 }
 
-impl AsyncWrite for ClientConnection {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientConnection<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -323,11 +335,11 @@ impl AsyncWrite for ClientConnection {
     }
 }
 
-impl Connected for ClientConnection {
-    type ConnectInfo = TcpConnectInfo;
+impl<S> Connected for ClientConnection<S> {
+    type ConnectInfo = PeerIdentity;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.identity.clone()
     }
 }
 

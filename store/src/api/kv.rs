@@ -10,6 +10,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{Api, convert, observe, validate};
+use crate::auth::Access;
 use crate::error::StoreError;
 use crate::raft::{Command, CommandResponse};
 
@@ -33,6 +34,7 @@ fn unexpected(resp: CommandResponse) -> Status {
 impl pb::kv_server::Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         observe("Range", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             let serializable = req.serializable;
             let req = convert::range_request(req);
@@ -40,6 +42,7 @@ impl pb::kv_server::Kv for KvService {
             if !serializable {
                 self.api.member.linearize().await?;
             }
+            self.api.auth().check(caller.as_deref(), &req.key, &req.range_end, Access::Read)?;
             let core = self.api.member.core().clone();
             let resp = tokio::task::spawn_blocking(move || core.mvcc().range(&req))
                 .await
@@ -53,11 +56,12 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         observe("Put", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             self.api.check_size(req.encoded_len())?;
             let req = convert::put_request(req);
             validate::check_put(&req)?;
-            match self.api.member.propose(Command::Put(req)).await? {
+            match self.api.propose_as(caller, Command::Put(req)).await? {
                 CommandResponse::Put(resp) => {
                     let header = self.api.header(resp.revision);
                     Ok(Response::new(convert::put_response(resp, header)))
@@ -73,11 +77,12 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         observe("DeleteRange", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             self.api.check_size(req.encoded_len())?;
             let req = convert::delete_request(req);
             validate::check_delete(&req)?;
-            match self.api.member.propose(Command::DeleteRange(req)).await? {
+            match self.api.propose_as(caller, Command::DeleteRange(req)).await? {
                 CommandResponse::DeleteRange(resp) => {
                     let header = self.api.header(resp.revision);
                     Ok(Response::new(convert::delete_response(resp, header)))
@@ -90,6 +95,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         observe("Txn", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             self.api.check_size(req.encoded_len())?;
             let serializable = txn_is_serializable(&req);
@@ -100,6 +106,8 @@ impl pb::kv_server::Kv for KvService {
                     self.api.member.linearize().await?;
                 }
                 let core = self.api.member.core().clone();
+                let lease_keys = |_| Ok(Vec::new());
+                self.api.auth().check_txn(caller.as_deref(), &req, &lease_keys)?;
                 let resp = tokio::task::spawn_blocking(move || core.mvcc().execute_read_only_txn(&req))
                     .await
                     .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -107,7 +115,7 @@ impl pb::kv_server::Kv for KvService {
                 let header = self.api.header(resp.revision);
                 return Ok(Response::new(convert::txn_response(resp, header)));
             }
-            match self.api.member.propose(Command::Txn(req)).await? {
+            match self.api.propose_as(caller, Command::Txn(req)).await? {
                 CommandResponse::Txn(resp) => {
                     let header = self.api.header(resp.revision);
                     Ok(Response::new(convert::txn_response(resp, header)))
@@ -123,9 +131,10 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         observe("Compact", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             let mut progress = self.api.member.core().mvcc().compaction_progress();
-            let revision = match self.api.member.propose(Command::Compact { revision: req.revision }).await? {
+            let revision = match self.api.propose_as(caller, Command::Compact { revision: req.revision }).await? {
                 CommandResponse::Compact { revision } => revision,
                 other => return Err(unexpected(other)),
             };

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, observe};
+use crate::auth::Access;
 use crate::error::StoreError;
 use crate::raft::{Command, CommandResponse};
 
@@ -40,10 +41,11 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         observe("LeaseGrant", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
             self.api.check_size(req.encoded_len())?;
             let id = if req.id == 0 { self.api.member.next_lease_id() } else { req.id };
-            match self.api.member.propose(Command::LeaseGrant { id, ttl: req.ttl }).await? {
+            match self.api.propose_as(caller, Command::LeaseGrant { id, ttl: req.ttl }).await? {
                 CommandResponse::LeaseGrant { id, ttl, revision } => Ok(Response::new(pb::LeaseGrantResponse {
                     header: self.api.header(revision),
                     id,
@@ -61,8 +63,9 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         observe("LeaseRevoke", async {
+            let caller = self.api.caller(&request)?;
             let id = request.into_inner().id;
-            match self.api.member.propose(Command::LeaseRevoke { id }).await? {
+            match self.api.propose_as(caller, Command::LeaseRevoke { id }).await? {
                 CommandResponse::LeaseRevoke { revision } => {
                     Ok(Response::new(pb::LeaseRevokeResponse { header: self.api.header(revision) }))
                 }
@@ -78,6 +81,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = self.api.caller(&request)?;
+        self.api.auth().check_authenticated(caller.as_deref())?;
         metrics::counter!("keel_grpc_requests_total", "method" => "LeaseKeepAlive", "code" => "OK").increment(1);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
@@ -116,8 +121,17 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         observe("LeaseTimeToLive", async {
+            let caller = self.api.caller(&request)?;
             let req = request.into_inner();
+            self.api.auth().check_authenticated(caller.as_deref())?;
             let (info, keys) = self.api.member.lease_time_to_live(req.id, req.keys).await?;
+            // Listing a lease's keys reveals their names: etcd asks for read access to each.
+            let auth = self.api.auth();
+            if !auth.is_admin(caller.as_deref()) {
+                for key in &keys {
+                    auth.check(caller.as_deref(), key, &[], Access::Read)?;
+                }
+            }
             let Some(info) = info else {
                 // etcd answers a missing lease with TTL -1 rather than an error.
                 return Ok(Response::new(pb::LeaseTimeToLiveResponse {
@@ -140,11 +154,25 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         observe("LeaseLeases", async {
+            let caller = self.api.caller(&request)?;
             self.api.member.wait_applied().await?;
-            let leases = self.api.member.core().lessor().ids().into_iter().map(|id| pb::LeaseStatus { id }).collect();
+            let ids = self.api.member.core().lessor().ids();
+            // etcd's rule: administrators see every lease, others need read access to every key
+            // attached to any lease.
+            let auth = self.api.auth();
+            auth.check_authenticated(caller.as_deref())?;
+            if !auth.is_admin(caller.as_deref()) {
+                for &id in &ids {
+                    let keys = self.api.member.core().lessor().attached_keys(id).unwrap_or_default();
+                    for key in keys {
+                        auth.check(caller.as_deref(), &key, &[], Access::Read)?;
+                    }
+                }
+            }
+            let leases = ids.into_iter().map(|id| pb::LeaseStatus { id }).collect();
             Ok(Response::new(pb::LeaseLeasesResponse { header: self.api.current_header(), leases }))
         })
         .await

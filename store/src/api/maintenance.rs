@@ -34,6 +34,8 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Sta
 impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         observe("Alarm", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_authenticated(caller.as_deref())?;
             let req = request.into_inner();
             if req.action != pb::alarm_request::AlarmAction::Get as i32 {
                 return Err(unsupported("activating or deactivating alarms"));
@@ -43,8 +45,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         .await
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         observe("Status", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_authenticated(caller.as_deref())?;
             let status = self.api.member.status();
             Ok(Response::new(pb::StatusResponse {
                 header: self.api.current_header(),
@@ -69,8 +73,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Err(unsupported("defragment"))
     }
 
-    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         observe("Hash", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let core = self.api.member.core().clone();
             let hash = tokio::task::spawn_blocking(move || core.mvcc().hash_all())
                 .await
@@ -83,6 +89,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         observe("HashKV", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             let revision = request.into_inner().revision;
             let core = self.api.member.core().clone();
             let hash = tokio::task::spawn_blocking(move || core.mvcc().hash_kv(revision))
@@ -110,6 +118,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         observe("MoveLeader", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
             self.api.member.move_leader(request.into_inner().target_id).await?;
             Ok(Response::new(pb::MoveLeaderResponse { header: self.api.current_header() }))
         })

@@ -3,8 +3,13 @@
 //! API boundary: this is the only module that knows protobuf or gRPC. It validates requests with
 //! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
 //! MVCC, and maps every error through one table (`status`). Absent on purpose until their issues
-//! land: Auth (not registered), Snapshot, Defragment, Downgrade and alarm changes.
+//! land: Snapshot, Defragment, Downgrade and alarm changes.
+//!
+//! Auth: each handler resolves its caller (`Api::caller`: token, else client-certificate CN) and
+//! either proposes on the caller's behalf (apply checks permissions) or checks the local auth state
+//! itself after its read barrier (reads, watches, admin-only queries).
 
+mod auth;
 mod cluster;
 mod connection;
 mod convert;
@@ -22,10 +27,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use keel_proto::etcdserverpb as pb;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
+pub use connection::PeerIdentity;
 pub use status::{code as status_code, to_status};
 
 use crate::error::StoreError;
@@ -67,6 +71,47 @@ impl Api {
         }
     }
 
+    /// The user a request acts as when auth is on: the user of its token, else (with
+    /// `--client-cert-auth`) the common name of its client certificate; `None` when auth is off or
+    /// the request carries no credentials. A token that does not verify is an error, as in etcd.
+    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<String>, StoreError> {
+        let auth = self.member.core().auth().state();
+        if !auth.enabled {
+            return Ok(None);
+        }
+        let metadata = request.metadata();
+        let token = metadata.get("token").or_else(|| metadata.get("authorization")).and_then(|v| v.to_str().ok());
+        if let Some(token) = token {
+            let token = token.strip_prefix("Bearer ").unwrap_or(token);
+            return auth.user_for_token(token, now_ms()).map(Some).ok_or(StoreError::InvalidAuthToken);
+        }
+        if self.member.config().client_cert_auth
+            && let Some(identity) = request.extensions().get::<PeerIdentity>()
+            && let Some(name) = identity.certificate.as_ref().and_then(|c| c.common_name.clone())
+        {
+            return Ok(Some(name));
+        }
+        Ok(None)
+    }
+
+    /// Proposes `command` on behalf of `caller`; apply checks the caller's permissions.
+    async fn propose_as(
+        &self,
+        caller: Option<String>,
+        command: crate::raft::Command,
+    ) -> Result<crate::raft::CommandResponse, StoreError> {
+        let command = match caller {
+            Some(user) => crate::raft::Command::AsUser { user, command: Box::new(command) },
+            None => command,
+        };
+        self.member.propose(command).await
+    }
+
+    /// The local auth state.
+    fn auth(&self) -> std::sync::Arc<crate::auth::AuthState> {
+        self.member.core().auth().state()
+    }
+
     /// Refuses requests above `--max-request-bytes`.
     fn check_size(&self, encoded_len: usize) -> Result<(), StoreError> {
         if encoded_len > self.member.config().max_request_bytes {
@@ -74,6 +119,11 @@ impl Api {
         }
         Ok(())
     }
+}
+
+/// Milliseconds since the Unix epoch, for token expiry.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs a handler, recording its count, outcome and latency.
@@ -100,7 +150,7 @@ pub enum ServeError {
 /// Serves the client API on `listeners` until `shutdown` completes.
 pub async fn serve(
     member: Arc<Member>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<crate::tls::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let limit = member.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -122,24 +172,23 @@ pub async fn serve(
     let maintenance = pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
+    let auth = pb::auth_server::AuthServer::new(auth::AuthService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
     let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(api))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
 
-    // Small requests and responses must not wait for Nagle's algorithm. Every client connection
-    // goes through the shim that repairs URL-valued `:authority` headers (see `connection`).
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(connection::ClientConnection::new(tcp))
-        })
-    });
+    // Every client connection goes through the shim that repairs URL-valued `:authority` headers
+    // and records the client's certificate identity (see `connection`).
+    let incoming = crate::tls::accept_all(listeners).map(|conn| conn.map(connection::ClientConnection::new));
     tonic::transport::Server::builder()
         .add_service(kv)
         .add_service(watch)
         .add_service(lease)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -15,7 +15,12 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::TooManyOps
         | StoreError::DuplicateKey
         | StoreError::RequestTooLarge
-        | StoreError::MemberBadUrls => Code::InvalidArgument,
+        | StoreError::MemberBadUrls
+        | StoreError::UserEmpty
+        | StoreError::RoleEmpty
+        | StoreError::AuthFailed
+        | StoreError::PermissionNotGiven
+        | StoreError::InvalidAuthMgmt => Code::InvalidArgument,
         StoreError::Compacted { .. } | StoreError::FutureRevision | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
         StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
         StoreError::LeaseExists
@@ -24,7 +29,18 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::MemberNotLearner
         | StoreError::LearnerNotReady
         | StoreError::BadLeaderTransferee
-        | StoreError::MembershipChangeInProgress => Code::FailedPrecondition,
+        | StoreError::MembershipChangeInProgress
+        | StoreError::RootUserNotExist
+        | StoreError::RootRoleNotExist
+        | StoreError::UserAlreadyExist
+        | StoreError::UserNotFound
+        | StoreError::RoleAlreadyExist
+        | StoreError::RoleNotFound
+        | StoreError::RoleNotGranted
+        | StoreError::PermissionNotGranted
+        | StoreError::AuthNotEnabled => Code::FailedPrecondition,
+        StoreError::PermissionDenied => Code::PermissionDenied,
+        StoreError::InvalidAuthToken => Code::Unauthenticated,
         StoreError::NoLeader | StoreError::LeaderChanged | StoreError::Timeout | StoreError::Stopped => {
             Code::Unavailable
         }
@@ -73,6 +89,16 @@ mod tests {
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member which is in sync with leader",
             ),
+            (StoreError::PermissionDenied, Code::PermissionDenied, "etcdserver: permission denied"),
+            (StoreError::InvalidAuthToken, Code::Unauthenticated, "etcdserver: invalid auth token"),
+            (StoreError::UserEmpty, Code::InvalidArgument, "etcdserver: user name is empty"),
+            (
+                StoreError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (StoreError::RootUserNotExist, Code::FailedPrecondition, "etcdserver: root user does not exist"),
+            (StoreError::AuthNotEnabled, Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
         ];
         for (err, code, message) in cases {
             let status = to_status(&err);

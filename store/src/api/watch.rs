@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Api, convert};
+use super::{Api, convert, to_status};
+use crate::auth::Access;
+use crate::error::StoreError;
 use crate::watch::{StreamId, WatchHub, WatchMessage, WatchSpec};
 
 /// The Watch service.
@@ -76,7 +78,13 @@ fn spec(req: pb::WatchCreateRequest) -> WatchSpec {
     }
 }
 
-async fn receive(api: Arc<Api>, hub: Arc<WatchHub>, stream: StreamId, mut inbound: Streaming<pb::WatchRequest>) {
+async fn receive(
+    api: Arc<Api>,
+    hub: Arc<WatchHub>,
+    stream: StreamId,
+    mut inbound: Streaming<pb::WatchRequest>,
+    caller: Result<Option<String>, StoreError>,
+) {
     use pb::watch_request::RequestUnion;
     let period = api.member.config().watch_progress_notify_interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -86,7 +94,15 @@ async fn receive(api: Arc<Api>, hub: Arc<WatchHub>, stream: StreamId, mut inboun
             message = inbound.message(), if reading => match message {
                 Ok(Some(req)) => {
                     let outcome = match req.request_union {
-                        Some(RequestUnion::CreateRequest(create)) => hub.create(stream, spec(create)).await.map(|_| ()),
+                        Some(RequestUnion::CreateRequest(create)) => {
+                            let permitted = caller.clone().and_then(|caller| {
+                                api.auth().check(caller.as_deref(), &create.key, &create.range_end, Access::Read)
+                            });
+                            match permitted {
+                                Ok(()) => hub.create(stream, spec(create)).await.map(|_| ()),
+                                Err(refused) => hub.refuse(stream, to_status(&refused).message().to_string()).await,
+                            }
+                        }
                         Some(RequestUnion::CancelRequest(cancel)) => hub.cancel(stream, cancel.watch_id).await.map(|_| ()),
                         Some(RequestUnion::ProgressRequest(_)) => {
                             hub.request_progress(stream);
@@ -179,10 +195,13 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         metrics::counter!("keel_grpc_requests_total", "method" => "Watch", "code" => "OK").increment(1);
+        // Credentials are read once, when the stream opens; each create is checked against the
+        // auth state at that moment (etcd does the same).
+        let caller = self.api.caller(&request);
         let inbound = request.into_inner();
         let hub = self.api.member.core().hub().clone();
         let (stream, rx) = hub.open_stream();
-        let receiver = tokio::spawn(receive(self.api.clone(), hub.clone(), stream, inbound));
+        let receiver = tokio::spawn(receive(self.api.clone(), hub.clone(), stream, inbound, caller));
         let guard = StreamGuard { hub, stream, receiver };
         let api = self.api.clone();
         let max_bytes = api.member.config().max_request_bytes;

@@ -37,14 +37,16 @@ pub enum Cf {
     RaftLog,
     /// Raft vote, last purged log id and committed log id.
     RaftState,
+    /// Users, roles and the auth switch (see `crate::auth`).
+    Auth,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 6] = [Cf::Meta, Cf::Revs, Cf::Index, Cf::Leases, Cf::RaftLog, Cf::RaftState];
+    pub const ALL: [Cf; 7] = [Cf::Meta, Cf::Revs, Cf::Index, Cf::Leases, Cf::RaftLog, Cf::RaftState, Cf::Auth];
 
     /// The column families that make up the state machine (what a snapshot carries), metadata first.
-    pub const STATE_MACHINE: [Cf; 4] = [Cf::Meta, Cf::Revs, Cf::Index, Cf::Leases];
+    pub const STATE_MACHINE: [Cf; 5] = [Cf::Meta, Cf::Revs, Cf::Index, Cf::Leases, Cf::Auth];
 
     /// The column family's name on disk.
     pub fn name(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Cf {
             Cf::Leases => "leases",
             Cf::RaftLog => "raft_log",
             Cf::RaftState => "raft_state",
+            Cf::Auth => "auth",
         }
     }
 
@@ -67,6 +70,7 @@ impl Cf {
             Cf::Leases => 4,
             Cf::RaftLog => 5,
             Cf::RaftState => 6,
+            Cf::Auth => 7,
         }
     }
 

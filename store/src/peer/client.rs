@@ -32,6 +32,7 @@ use super::{
 };
 use crate::error::StoreError;
 use crate::raft::{Command, CommandResult, LogId, MemberNode, SnapshotFile, TypeConfig, Vote, decode, encode};
+use crate::tls::ClientTls;
 
 /// Why a forwarded request has no answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,12 +61,14 @@ pub struct Peers {
     /// Channels by peer URL. Locked only to look up or insert.
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
+    /// How to reach `https://` peer URLs: this member's peer certificate and the peer CA.
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Peers {
-    /// An empty channel cache.
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { cluster_id: AtomicU64::new(0), channels: Mutex::new(HashMap::new()), connect_timeout })
+    /// An empty channel cache; `tls` is required to reach `https://` peers.
+    pub fn new(connect_timeout: Duration, tls: Option<Arc<ClientTls>>) -> Arc<Self> {
+        Arc::new(Self { cluster_id: AtomicU64::new(0), channels: Mutex::new(HashMap::new()), connect_timeout, tls })
     }
 
     /// Sets the cluster id stamped on requests.
@@ -78,13 +81,7 @@ impl Peers {
         let channel = match channels.get(url) {
             Some(channel) => channel.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(url.to_string())
-                    .map_err(|e| ForwardError::NotSent(format!("bad peer URL {url}: {e}")))?
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(20));
-                let channel = endpoint.connect_lazy();
+                let channel = self.channel(url)?;
                 channels.insert(url.to_string(), channel.clone());
                 channel
             }
@@ -92,6 +89,43 @@ impl Peers {
         Ok(GrpcClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    fn channel(&self, url: &str) -> Result<Channel, ForwardError> {
+        let bad = |reason: String| ForwardError::NotSent(format!("bad peer URL {url}: {reason}"));
+        let (tls, host_port) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => return Err(bad("expected http:// or https://".into())),
+        };
+        let host_port = host_port.trim_end_matches('/').to_string();
+        // tonic sees a plain http:// URI either way; for TLS peers the connector below performs
+        // the handshake itself, presenting this member's peer certificate.
+        let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        if !tls {
+            return Ok(endpoint.connect_lazy());
+        }
+        let Some(client_tls) = self.tls.clone() else {
+            return Err(bad(
+                "an https:// peer needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into()
+            ));
+        };
+        let host = host_port.rsplit_once(':').map_or(host_port.as_str(), |(host, _)| host).to_string();
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let (client_tls, host_port, host) = (client_tls.clone(), host_port.clone(), host.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&host_port).await?;
+                tcp.set_nodelay(true)?;
+                let stream = client_tls.connect(tcp, &host).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connector))
     }
 
     fn request(&self, payload: Vec<u8>) -> PeerRequest {

@@ -16,8 +16,6 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::type_config::alias::SnapshotOf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, PROTOCOL_VERSION};
@@ -159,18 +157,15 @@ fn append_chunk(path: &std::path::Path, data: &[u8], first: bool) -> std::io::Re
 /// Serves the peer API on `listeners` until `shutdown` completes.
 pub async fn serve(
     member: Arc<Member>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<crate::tls::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::api::ServeError> {
     let service = PeerServer::new(PeerService { member })
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(tcp)
-        })
-    });
+    // With peer TLS, a connection exists only once the peer presented a certificate from the peer
+    // CA (see `tls`), so nothing below sees a stranger.
+    let incoming = crate::tls::accept_all(listeners);
     tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub use log_store::LogStore;
 pub use snapshot::{PARTIAL_SUFFIX as PARTIAL_SNAPSHOT_SUFFIX, SnapshotFile, name as snapshot_name};
 pub use state_machine::{MemberAttributes, StateMachine, StoreCore};
 
+use crate::auth::AuthOp;
 use crate::error::StoreError;
 use crate::mvcc::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 
@@ -78,6 +79,18 @@ pub enum Command {
         /// Client URLs.
         client_urls: Vec<String>,
     },
+    // Variants are only ever appended: their index is their encoding in existing logs.
+    /// Change users, roles or the auth switch.
+    Auth(AuthOp),
+    /// `command`, on behalf of an authenticated user: apply checks the user's permissions against
+    /// the auth state at this log position. Commands without it act as no user, which auth (when
+    /// on) refuses wherever a user is needed.
+    AsUser {
+        /// The user the proposing member authenticated.
+        user: String,
+        /// The command (never itself `AsUser`).
+        command: Box<Command>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -91,6 +104,8 @@ impl fmt::Display for Command {
             Command::LeaseRevoke { id } => write!(f, "lease revoke {id:x}"),
             Command::LeaseExpire { ids } => write!(f, "lease expire ({} leases)", ids.len()),
             Command::PublishMember { id, .. } => write!(f, "publish member {id:x}"),
+            Command::Auth(op) => write!(f, "{}", op.describe()),
+            Command::AsUser { user, command } => write!(f, "{command} as {user:?}"),
         }
     }
 }
@@ -127,6 +142,11 @@ pub enum CommandResponse {
     },
     /// A member's attributes were recorded.
     MemberPublished,
+    /// An auth change was applied (or was a no-op, like a repeated enable).
+    Auth {
+        /// Store revision.
+        revision: i64,
+    },
 }
 
 /// The outcome of applying one command: a response, or the deterministic refusal of the entry

@@ -27,6 +27,7 @@ use super::snapshot::{self, SnapshotFile};
 use super::{
     Command, CommandResponse, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
 };
+use crate::auth::AuthStore;
 use crate::backend::{Backend, Cf, Durability, WriteBatch};
 use crate::error::StoreError;
 use crate::format::{self, FormatError};
@@ -72,6 +73,7 @@ pub struct StoreCore {
     backend: Arc<dyn Backend>,
     mvcc: Arc<Mvcc>,
     lessor: Arc<Lessor>,
+    auth: AuthStore,
     hub: Arc<WatchHub>,
     /// Cache of what the backend's metadata says was applied. Written by the apply path after each
     /// backend write; read by status queries. Short critical sections only.
@@ -115,11 +117,13 @@ impl StoreCore {
         }
         let mvcc = Mvcc::open(backend.clone())?;
         let lessor = Arc::new(Lessor::open(backend.clone(), min_lease_ttl)?);
+        let auth = AuthStore::open(backend.clone()).map_err(io_err)?;
         let hub = WatchHub::new(mvcc.clone(), watch);
         let core = Arc::new(Self {
             backend,
             mvcc,
             lessor,
+            auth,
             hub,
             applied: Mutex::new(Applied::default()),
             snapshot_dir: snapshot_dir.to_path_buf(),
@@ -154,6 +158,11 @@ impl StoreCore {
     /// The lease table.
     pub fn lessor(&self) -> &Arc<Lessor> {
         &self.lessor
+    }
+
+    /// The auth state.
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
     }
 
     /// The watch hub.
@@ -203,9 +212,59 @@ impl StoreCore {
         Ok(committed.revision)
     }
 
+    /// The keys attached to a lease, for permission checks.
+    fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        match self.lessor.attached_keys(id) {
+            Ok(keys) => Ok(keys),
+            Err(LeaseError::NotFound) => Ok(Vec::new()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The permission check a command needs, against the auth state at this log position.
+    fn authorize(&self, caller: Option<&str>, command: &Command) -> Result<(), StoreError> {
+        let auth = self.auth.state();
+        if !auth.enabled {
+            return Ok(());
+        }
+        let lease_keys = |id| self.lease_keys(id);
+        match command {
+            Command::Put(req) => auth.check_put(caller, req, &lease_keys),
+            Command::DeleteRange(req) => auth.check_delete(caller, req),
+            Command::Txn(req) => auth.check_txn(caller, req, &lease_keys),
+            Command::Compact { .. } => auth.check_admin(caller),
+            Command::LeaseRevoke { id } => {
+                auth.check_authenticated(caller)?;
+                auth.check_lease_keys(caller, *id, &lease_keys)
+            }
+            Command::LeaseGrant { .. } => auth.check_authenticated(caller),
+            // Auth changes check themselves (`AuthState::apply`); the rest are the members' own.
+            Command::Auth(_) | Command::LeaseExpire { .. } | Command::PublishMember { .. } => Ok(()),
+            Command::AsUser { .. } => Err(StoreError::Internal("nested AsUser command".into())),
+        }
+    }
+
     /// Applies one command; storage failures are `Err`, refusals are `Ok(Err(..))`.
     pub fn apply_command(&self, command: Command, log_id: &LogId) -> io::Result<CommandResult> {
         tracing::trace!(log_index = log_id.index(), %command, "applying");
+        let (caller, command) = match command {
+            Command::AsUser { user, command } => (Some(user), *command),
+            command => (None, command),
+        };
+        let result = match self.authorize(caller.as_deref(), &command) {
+            Ok(()) => self.apply_authorized(caller.as_deref(), command, log_id)?,
+            Err(refused) => Err(refused),
+        };
+        tracing::trace!(log_index = log_id.index(), ?result, "applied");
+        if result.is_err() {
+            // A refusal changes nothing but is still applied.
+            self.backend.write(Self::applied_batch(log_id)?, Durability::Buffered).map_err(io_err)?;
+        }
+        self.lock_applied().log_id = Some(*log_id);
+        Ok(result)
+    }
+
+    fn apply_authorized(&self, caller: Option<&str>, command: Command, log_id: &LogId) -> io::Result<CommandResult> {
         let applied = Self::applied_batch(log_id)?;
         let result = match command {
             Command::Put(req) => {
@@ -295,13 +354,17 @@ impl StoreCore {
                 self.lock_applied().members = members;
                 Ok(CommandResponse::MemberPublished)
             }
+            Command::Auth(op) => match self.auth.state().apply(caller, &op) {
+                Ok((next, mut batch)) => {
+                    batch.extend(applied);
+                    self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
+                    self.auth.committed(next);
+                    Ok(CommandResponse::Auth { revision: self.mvcc.current_revision() })
+                }
+                Err(refused) => Err(refused),
+            },
+            Command::AsUser { .. } => Err(StoreError::Internal("nested AsUser command".into())),
         };
-        tracing::trace!(log_index = log_id.index(), ?result, "applied");
-        if result.is_err() {
-            // A refusal changes nothing but is still applied.
-            self.backend.write(Self::applied_batch(log_id)?, Durability::Buffered).map_err(io_err)?;
-        }
-        self.lock_applied().log_id = Some(*log_id);
         Ok(result)
     }
 
@@ -323,6 +386,7 @@ impl StoreCore {
             self.mvcc.reload().map_err(io_err)?;
         }
         self.lessor.reload().map_err(io_err)?;
+        self.auth.reload().map_err(io_err)?;
         self.load_applied()?;
         self.hub.reset_after_install();
         tracing::info!(snapshot = %snapshot::name(meta), revision = self.mvcc.current_revision(), "installed snapshot");

@@ -7,7 +7,10 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::tls::{ClientAuth, ClientTls, ServerTls, TlsError, TlsFiles};
 
 /// Whether the member founds a new cluster or joins an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +65,17 @@ pub struct StoreConfig {
     pub watch_progress_notify_interval: Duration,
     /// Storage backend.
     pub backend: BackendKind,
+    /// TLS for `https://` client listeners (`--cert-file`, `--key-file`, `--trusted-ca-file`).
+    pub client_tls: TlsFiles,
+    /// Require client certificates signed by `--trusted-ca-file` (`--client-cert-auth`).
+    pub client_cert_auth: bool,
+    /// TLS between members (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`):
+    /// with it, both ends of every peer connection present certificates from the peer CA.
+    pub peer_tls: TlsFiles,
+    /// bcrypt cost for password hashes (`--bcrypt-cost`, etcd's default 10; 4 to 31).
+    pub bcrypt_cost: u32,
+    /// How long an authentication token stays valid (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 impl StoreConfig {
@@ -84,7 +98,38 @@ impl StoreConfig {
             snapshot_count: 100_000,
             watch_progress_notify_interval: Duration::from_secs(600),
             backend: BackendKind::RocksDb,
+            client_tls: TlsFiles::default(),
+            client_cert_auth: false,
+            peer_tls: TlsFiles::default(),
+            bcrypt_cost: 10,
+            auth_token_ttl: Duration::from_secs(300),
         }
+    }
+
+    /// The TLS configuration of `https://` client listeners, when `--cert-file` is given.
+    pub fn client_server_tls(&self) -> Result<Option<Arc<ServerTls>>, TlsError> {
+        if self.client_tls.cert_file.is_none() && self.client_tls.key_file.is_none() {
+            return Ok(None);
+        }
+        let auth = if self.client_cert_auth { ClientAuth::Required } else { ClientAuth::None };
+        ServerTls::new(self.client_tls.clone(), auth).map(Some)
+    }
+
+    /// The TLS configuration of `https://` peer listeners, when peer TLS is configured. Peers
+    /// always authenticate each other: a peer certificate from the peer CA is required.
+    pub fn peer_server_tls(&self) -> Result<Option<Arc<ServerTls>>, TlsError> {
+        if self.peer_tls == TlsFiles::default() {
+            return Ok(None);
+        }
+        ServerTls::new(self.peer_tls.clone(), ClientAuth::Required).map(Some)
+    }
+
+    /// What this member presents to `https://` peers, when peer TLS is configured.
+    pub fn peer_client_tls(&self) -> Result<Option<Arc<ClientTls>>, TlsError> {
+        if self.peer_tls == TlsFiles::default() {
+            return Ok(None);
+        }
+        ClientTls::new(self.peer_tls.clone()).map(Some)
     }
 
     /// The initial cluster as `(name, peer URLs)`, defaulting to this member alone.
@@ -131,12 +176,8 @@ pub enum ConfigError {
 /// Resolves an `http://host:port` URL to socket addresses.
 pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let bad = |reason: &str| ConfigError::Url { url: url.to_string(), reason: reason.to_string() };
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(bad("TLS listeners are not supported by this build; use http://"));
-    } else {
-        return Err(bad("expected http://host:port"));
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        return Err(bad("expected http://host:port or https://host:port"));
     };
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {

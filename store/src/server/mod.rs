@@ -65,6 +65,9 @@ pub enum StartError {
     /// Joining an existing cluster failed.
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    /// The peer TLS files are unusable.
+    #[error("peer TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What `Status` reports.
@@ -156,7 +159,7 @@ impl Member {
             .map_err(|e| storage_error(&data_dir, e))?;
         let log_store = LogStore::new(backend.clone()).map_err(|e| storage_error(&data_dir, e))?;
         let pristine = log_store.is_pristine().map_err(|e| storage_error(&data_dir, e))?;
-        let peers = Peers::new(Duration::from_secs(1));
+        let peers = Peers::new(Duration::from_secs(1), config.peer_client_tls()?);
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
 
         let members: BTreeMap<u64, MemberNode> = initial
@@ -436,7 +439,13 @@ async fn join(
                             ))
                         });
                 }
-                Err(err) => last_error = err.to_string(),
+                Err(err) => {
+                    let err = err.to_string();
+                    if err != last_error {
+                        tracing::warn!(%url, %err, "cannot reach an existing member yet; retrying for up to {JOIN_BOUND:?}");
+                    }
+                    last_error = err;
+                }
             }
         }
         if tokio::time::Instant::now() >= deadline {

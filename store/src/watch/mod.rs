@@ -288,6 +288,14 @@ impl WatchHub {
         }
     }
 
+    /// Queues a `CreateFailed` for a create request refused before reaching the hub (permission
+    /// denied, say).
+    pub async fn refuse(&self, stream: StreamId, reason: String) -> Result<(), WatchError> {
+        let tx = self.lock().streams.get(&stream).map(|s| s.tx.clone()).ok_or(WatchError::StreamClosed)?;
+        let revision = self.published_revision();
+        tx.send(WatchMessage::CreateFailed { revision, reason }).await.map_err(|_| WatchError::StreamClosed)
+    }
+
     /// Creates a watcher and queues its `Created` (or `CreateFailed`) message. Waits while the
     /// stream's channel is full.
     pub async fn create(&self, stream: StreamId, spec: WatchSpec) -> Result<i64, WatchError> {

@@ -51,9 +51,13 @@ impl TestServer {
         let server = tokio::spawn({
             let member = member.clone();
             async move {
-                let _ = keel_store::api::serve(member, vec![listener], async {
-                    let _ = stopped.await;
-                })
+                let _ = keel_store::api::serve(
+                    member,
+                    vec![keel_store::tls::Listener { tcp: listener, tls: None }],
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await;
             }
         });
