@@ -182,8 +182,5 @@ async fn rotated_server_certificate_files_reach_new_connections_without_a_restar
 
 /// The DER bytes of the first certificate in a PEM file.
 fn pem_der(path: &std::path::Path) -> Vec<u8> {
-    use base64::Engine;
-    let pem = std::fs::read_to_string(path).unwrap();
-    let body: String = pem.lines().skip(1).take_while(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).expect("PEM body")
+    keel_store::tls::load_certs(path).expect("certificate file")[0].to_vec()
 }

@@ -166,7 +166,11 @@ impl pb::lease_server::Lease for LeaseService {
             auth.check_authenticated(caller.as_deref())?;
             if !auth.is_admin(caller.as_deref()) {
                 for &id in &ids {
-                    let keys = self.api.member.core().lessor().attached_keys(id).unwrap_or_default();
+                    // A lease revoked since `ids()` was taken has no keys left to reveal.
+                    let keys = match self.api.member.core().lessor().attached_keys(id) {
+                        Err(crate::lease::LeaseError::NotFound) => Vec::new(),
+                        other => other.map_err(StoreError::from)?,
+                    };
                     for key in keys {
                         auth.check(caller.as_deref(), &key, &[], Access::Read)?;
                     }
