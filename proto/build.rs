@@ -4,7 +4,14 @@
 //! `protobuf-compiler`, installed by `.ci/run`) or named by the `PROTOC` environment variable.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["etcd/mvcc.proto", "etcd/auth.proto", "etcd/rpc.proto", "keel/peer.proto"];
+    let protos = [
+        "etcd/mvcc.proto",
+        "etcd/auth.proto",
+        "etcd/rpc.proto",
+        "etcd/v3lock.proto",
+        "etcd/v3election.proto",
+        "keel/peer.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -139,6 +139,10 @@ struct StoreArgs {
     /// Time (in seconds) an authentication token stays valid.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     auth_token_ttl: u64,
+    /// Most Lock and Campaign calls waiting on this member at once (and, separately, most Observe
+    /// streams); calls beyond it are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_lock_waiters: u64,
     /// Log level.
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -216,6 +220,7 @@ fn store_config(args: &StoreArgs) -> StoreConfig {
     config.client_cert_auth = args.client_cert_auth;
     config.bcrypt_cost = args.bcrypt_cost;
     config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl);
+    config.max_lock_waiters = args.max_lock_waiters as usize;
     config.peer_tls = TlsFiles {
         cert_file: args.peer_cert_file.clone(),
         key_file: args.peer_key_file.clone(),

@@ -72,6 +72,151 @@ impl Etcdctl {
     }
 }
 
+/// A long-running etcdctl (lock holder, candidate, election listener) with its output lines.
+/// Killed when dropped.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(ctl: &Etcdctl, args: &[&str]) -> Self {
+        let mut child = ctl.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next output line, waiting at most 30 s.
+    fn line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(30)).expect("etcdctl printed a line in time")
+    }
+
+    /// Whether a line is already waiting (never blocks).
+    fn has_output(&self) -> bool {
+        self.lines.try_recv().is_ok()
+    }
+
+    /// SIGINT, as an operator's Ctrl-C: etcdctl releases the lock or resigns, then exits.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill -INT");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "etcdctl ignored SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "etcdctl did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `prefix` holds `count` keys.
+fn wait_for_keys(ctl: &Etcdctl, prefix: &str, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = ctl.ok(&["get", "--prefix", "--keys-only", prefix]).lines().filter(|l| !l.is_empty()).count();
+        if n == count {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{prefix} never held {count} keys (has {n})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_elect_work_like_etcds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keel = KeelProcess::spawn(&dir.path().join("data"), free_port(), free_port(), &[]);
+    let mut client = keel.ready().await;
+    let ctl = Etcdctl { endpoint: keel.endpoint() };
+
+    // `lock NAME -- cmd` runs cmd holding the lock, with the key and its revision in the
+    // environment, then releases it.
+    let out = ctl.ok(&["lock", "job", "--", "sh", "-c", "echo \"$ETCD_LOCK_KEY $ETCD_LOCK_REV\""]);
+    let (key, rev) = out.trim().split_once(' ').expect("key and revision");
+    assert!(key.starts_with("job/"), "{out}");
+    assert!(rev.parse::<i64>().expect("a revision") > 0);
+    assert_eq!(ctl.ok(&["get", "--prefix", "job/"]), "", "released after the command");
+
+    // The README's fencing recipe: a write conditional on the holder's token succeeds while it
+    // holds the lock; the same write with another token fails.
+    let fenced = format!(
+        "printf 'c(\"%s\") = \"%s\"\\n\\nput /app/config v2\\n\\n\\n' \"$ETCD_LOCK_KEY\" \"$ETCD_LOCK_REV\" \
+         | etcdctl --endpoints={0} txn; \
+         printf 'c(\"%s\") = \"%s\"\\n\\nput /app/config stale\\n\\n\\n' \"$ETCD_LOCK_KEY\" 1 \
+         | etcdctl --endpoints={0} txn",
+        keel.endpoint()
+    );
+    assert_eq!(ctl.ok(&["lock", "job", "--", "sh", "-c", &fenced]), "SUCCESS\n\nOK\nFAILURE\n");
+    assert_eq!(ctl.ok(&["get", "/app/config", "--print-value-only"]), "v2\n");
+
+    // A holder blocks a second etcdctl and a Lock-service client alike (same keys, same order);
+    // Ctrl-C on the holder hands the lock to the next in line.
+    let mut holder = Background::start(&ctl, &["lock", "job"]);
+    let held_key = holder.line();
+    assert!(held_key.starts_with("job/"), "{held_key}");
+    let mut second = Background::start(&ctl, &["lock", "job", "--", "echo", "second holder ran"]);
+    wait_for_keys(&ctl, "job/", 2);
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let third = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.lock("job", Some(etcd_client::LockOptions::new().with_lease(lease))).await }
+    });
+    wait_for_keys(&ctl, "job/", 3);
+    assert!(!second.has_output() && !third.is_finished(), "nobody runs while the lock is held");
+    assert!(holder.interrupt().success());
+    assert_eq!(second.line(), "second holder ran");
+    assert!(second.wait().success());
+    let granted = tokio::time::timeout(Duration::from_secs(30), third).await.expect("granted").unwrap().unwrap();
+    assert_eq!(granted.key(), format!("job/{lease:x}").as_bytes());
+    client.unlock(granted.key()).await.unwrap();
+
+    // `elect -l NAME` follows the leader; `elect NAME PROPOSAL` campaigns and holds until Ctrl-C.
+    let listener = Background::start(&ctl, &["elect", "-l", "pilot"]);
+    let mut first = Background::start(&ctl, &["elect", "pilot", "alpha"]);
+    let first_key = first.line();
+    assert_eq!(first.line(), "alpha");
+    assert_eq!((listener.line(), listener.line()), (first_key.clone(), "alpha".to_string()));
+    let mut runner_up = Background::start(&ctl, &["elect", "pilot", "beta"]);
+    wait_for_keys(&ctl, "pilot/", 2);
+    let leader = client.leader("pilot").await.expect("leader");
+    assert_eq!(leader.kv().unwrap().value(), b"alpha", "the Election service agrees with etcdctl");
+    assert!(first.interrupt().success());
+    let second_key = runner_up.line();
+    assert_eq!(runner_up.line(), "beta");
+    assert_ne!(second_key, first_key);
+    assert_eq!((listener.line(), listener.line()), (second_key, "beta".to_string()));
+    assert!(runner_up.interrupt().success());
+    keel.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_drives_keel_like_etcd() {
     let dir = tempfile::tempdir().unwrap();

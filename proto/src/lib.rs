@@ -1,7 +1,8 @@
 //! Keel's protobuf wire types and gRPC service stubs.
 //!
-//! `etcdserverpb`, `mvccpb` and `authpb` are etcd's v3 client API, written by Keel in `proto/etcd/`
-//! so that unmodified etcd clients (etcdctl, the `etcd-client` crate, Kubernetes) talk to Keel.
+//! `etcdserverpb`, `mvccpb`, `authpb`, `v3lockpb` and `v3electionpb` are etcd's v3 client API,
+//! written by Keel in `proto/etcd/` so that unmodified etcd clients (etcdctl, the `etcd-client`
+//! crate, Kubernetes) talk to Keel.
 //! `keelpeer` is Keel's own member-to-member API (`proto/keel/peer.proto`).
 //!
 //! Invariant: only API-layer code (gRPC servers and clients) depends on this crate; the store's
@@ -23,6 +24,18 @@ pub mod authpb {
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's lock service (`v3lockpb`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service (`v3electionpb`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// Keel's member-to-member API (`keelpeer`): Raft traffic and requests forwarded to the leader.

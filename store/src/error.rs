@@ -144,6 +144,30 @@ pub enum StoreError {
     /// Storage or another internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A lock or election request without a name.
+    #[error("lock or election name is not provided")]
+    EmptyName,
+    /// A Lock or Campaign without a lease: locks and candidacies live on a lease.
+    #[error("lease is not provided: a lock or candidacy must be attached to a lease")]
+    LeaseNotProvided,
+    /// Unlock of a key that does not exist (never held, already released, or its lease ended).
+    #[error("lock key {0:?} is not held")]
+    LockNotHeld(String),
+    /// A key that is not `NAME/<lease id in hex>` attached to that lease.
+    #[error("{0:?} is not a lock or election key (NAME/<lease id in hex>, attached to that lease)")]
+    NotLockKey(String),
+    /// Proclaim or Resign with a candidacy that no longer exists (or never did).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// No candidacy exists in the election.
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// The waiter's key vanished while it waited: its lease expired or was revoked.
+    #[error("session expired: the lease was revoked or expired while waiting")]
+    SessionExpired,
+    /// Too many Lock, Campaign or Observe calls are waiting on this member.
+    #[error("too many lock and election waiters on this member")]
+    TooManyWaiters,
 }
 
 impl From<MvccError> for StoreError {

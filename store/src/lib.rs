@@ -6,6 +6,8 @@
 //! - `server`: a running member: proposals to Raft and waiting for their results, linearizable
 //!   reads, the lease expiry loop, metrics.
 //! - `raft`: the replicated log (openraft), the log store, the deterministic state machine, snapshots.
+//! - `concurrency`: locks and leader elections (etcd's v3lock and v3election semantics), built on
+//!   proposals of ordinary transactions, linearizable reads and the watch hub.
 //! - `mvcc`, `lease`, `watch`, `auth`: the data model the state machine applies to.
 //! - `backend`: ordered key-value storage (RocksDB, or memory for tests).
 //! - `tls`: rustls configurations for listeners and peer connections, reloaded on rotation, and the
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod concurrency;
 pub mod error;
 pub mod format;
 pub mod lease;

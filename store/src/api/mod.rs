@@ -2,8 +2,9 @@
 //!
 //! API boundary: this is the only module that knows protobuf or gRPC. It validates requests with
 //! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
-//! MVCC, and maps every error through one table (`status`). Absent on purpose until their issues
-//! land: Snapshot, Defragment, Downgrade and alarm changes.
+//! MVCC, and maps every error through one table (`status`). Besides `etcdserverpb` it serves
+//! etcd's `v3lockpb` and `v3electionpb` (over `crate::concurrency`). Absent on purpose until their
+//! issues land: Snapshot, Defragment, Downgrade and alarm changes.
 //!
 //! Auth: each handler resolves its caller (`Api::caller`: token, else client-certificate CN) and
 //! either proposes on the caller's behalf (apply checks permissions) or checks the local auth state
@@ -13,9 +14,11 @@ mod auth;
 mod cluster;
 mod connection;
 mod convert;
+mod election;
 mod hpack;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod status;
 mod validate;
@@ -45,6 +48,8 @@ pub(crate) struct Api {
     /// Becomes true when the server starts shutting down. Long-lived streams (watch, keep-alive)
     /// end on it, because graceful shutdown waits for every open stream to finish.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Locks and elections (the Lock and Election services).
+    concurrency: crate::concurrency::Coordinator,
 }
 
 impl Api {
@@ -155,7 +160,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let limit = member.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let api = Arc::new(Api { member, shutdown: shutdown_rx });
+    let concurrency = crate::concurrency::Coordinator::new(member.clone());
+    let api = Arc::new(Api { member, shutdown: shutdown_rx, concurrency });
     let shutdown = async move {
         shutdown.await;
         shutdown_tx.send_replace(true);
@@ -175,6 +181,13 @@ pub async fn serve(
     let auth = pb::auth_server::AuthServer::new(auth::AuthService::new(api.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
+    let lock = keel_proto::v3lockpb::lock_server::LockServer::new(lock::LockService::new(api.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let election =
+        keel_proto::v3electionpb::election_server::ElectionServer::new(election::ElectionService::new(api.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX);
     let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(api))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
@@ -189,6 +202,8 @@ pub async fn serve(
         .add_service(maintenance)
         .add_service(cluster)
         .add_service(auth)
+        .add_service(lock)
+        .add_service(election)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

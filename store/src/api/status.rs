@@ -20,9 +20,12 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::RoleEmpty
         | StoreError::AuthFailed
         | StoreError::PermissionNotGiven
-        | StoreError::InvalidAuthMgmt => Code::InvalidArgument,
+        | StoreError::InvalidAuthMgmt
+        | StoreError::EmptyName
+        | StoreError::LeaseNotProvided
+        | StoreError::NotLockKey(_) => Code::InvalidArgument,
         StoreError::Compacted { .. } | StoreError::FutureRevision | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
-        StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
+        StoreError::LeaseNotFound | StoreError::MemberNotFound | StoreError::ElectionNoLeader => Code::NotFound,
         StoreError::LeaseExists
         | StoreError::NotLeader
         | StoreError::PeerUrlExists
@@ -38,7 +41,11 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::RoleNotFound
         | StoreError::RoleNotGranted
         | StoreError::PermissionNotGranted
-        | StoreError::AuthNotEnabled => Code::FailedPrecondition,
+        | StoreError::AuthNotEnabled
+        | StoreError::LockNotHeld(_)
+        | StoreError::ElectionNotLeader
+        | StoreError::SessionExpired => Code::FailedPrecondition,
+        StoreError::TooManyWaiters => Code::ResourceExhausted,
         StoreError::PermissionDenied => Code::PermissionDenied,
         StoreError::InvalidAuthToken => Code::Unauthenticated,
         StoreError::NoLeader | StoreError::LeaderChanged | StoreError::Timeout | StoreError::Stopped => {
@@ -99,6 +106,13 @@ mod tests {
             ),
             (StoreError::RootUserNotExist, Code::FailedPrecondition, "etcdserver: root user does not exist"),
             (StoreError::AuthNotEnabled, Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+            (StoreError::ElectionNotLeader, Code::FailedPrecondition, "etcdserver: election: not leader"),
+            (StoreError::ElectionNoLeader, Code::NotFound, "etcdserver: election: no leader"),
+            (
+                StoreError::LockNotHeld("l/1".into()),
+                Code::FailedPrecondition,
+                "etcdserver: lock key \"l/1\" is not held",
+            ),
         ];
         for (err, code, message) in cases {
             let status = to_status(&err);

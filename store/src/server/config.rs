@@ -76,6 +76,9 @@ pub struct StoreConfig {
     pub bcrypt_cost: u32,
     /// How long an authentication token stays valid (`--auth-token-ttl`).
     pub auth_token_ttl: Duration,
+    /// Most Lock and Campaign calls waiting on this member at once, and separately most Observe
+    /// streams (`--max-lock-waiters`); each holds one watch-hub stream.
+    pub max_lock_waiters: usize,
 }
 
 impl StoreConfig {
@@ -103,6 +106,7 @@ impl StoreConfig {
             peer_tls: TlsFiles::default(),
             bcrypt_cost: 10,
             auth_token_ttl: Duration::from_secs(300),
+            max_lock_waiters: 10_000,
         }
     }
 
