@@ -14,6 +14,7 @@ use std::time::Duration;
 
 mod bench;
 mod certs;
+mod ctl;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -38,6 +39,13 @@ enum Command {
     /// Create a CA and the server, peer and client certificates it signs.
     #[command(subcommand)]
     Certs(certs::Certs),
+    /// Operate a cluster: snapshots and restore, members, maintenance, debugging reads and writes.
+    Ctl {
+        #[command(flatten)]
+        global: ctl::Global,
+        #[command(subcommand)]
+        command: ctl::Ctl,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,6 +156,7 @@ struct StoreArgs {
     log_level: LogLevel,
 }
 
+/// Parses durations like etcd's flags: `500ms`, `30s`, `10m`, `1h` (plain numbers are seconds).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -177,6 +186,7 @@ fn main() -> Result<()> {
         Command::Store(args) => runtime.block_on(run_store(*args)),
         Command::Bench(bench) => runtime.block_on(bench::run(bench)),
         Command::Certs(certs) => certs::run(certs),
+        Command::Ctl { global, command } => runtime.block_on(ctl::run(global, command)),
     }
 }
 

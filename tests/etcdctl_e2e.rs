@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{KeelProcess, free_port};
+use support::{Background, KeelProcess, free_port};
 
 struct Etcdctl {
     endpoint: String,
@@ -46,94 +46,12 @@ impl Etcdctl {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Starts a long-running command (watch, keep-alive) and returns its first `lines` output lines.
+    /// Starts a long-running command (watch, keep-alive), runs `trigger`, and returns the first
+    /// `lines` output lines.
     fn first_lines(&self, args: &[&str], lines: usize, trigger: impl FnOnce()) -> Vec<String> {
-        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn etcdctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let background = Background::start(self.command(args));
         trigger();
-        let mut out = Vec::new();
-        while out.len() < lines {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => out.push(line),
-                Err(_) => break,
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        out
-    }
-}
-
-/// A long-running etcdctl (lock holder, candidate, election listener) with its output lines.
-/// Killed when dropped.
-struct Background {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Background {
-    fn start(ctl: &Etcdctl, args: &[&str]) -> Self {
-        let mut child = ctl.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn etcdctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The next output line, waiting at most 30 s.
-    fn line(&self) -> String {
-        self.lines.recv_timeout(Duration::from_secs(30)).expect("etcdctl printed a line in time")
-    }
-
-    /// Whether a line is already waiting (never blocks).
-    fn has_output(&self) -> bool {
-        self.lines.try_recv().is_ok()
-    }
-
-    /// SIGINT, as an operator's Ctrl-C: etcdctl releases the lock or resigns, then exits.
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill -INT");
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "etcdctl ignored SIGINT");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "etcdctl did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        background.lines(lines)
     }
 }
 
@@ -179,10 +97,10 @@ async fn etcdctl_lock_and_elect_work_like_etcds() {
 
     // A holder blocks a second etcdctl and a Lock-service client alike (same keys, same order);
     // Ctrl-C on the holder hands the lock to the next in line.
-    let mut holder = Background::start(&ctl, &["lock", "job"]);
+    let mut holder = Background::start(ctl.command(&["lock", "job"]));
     let held_key = holder.line();
     assert!(held_key.starts_with("job/"), "{held_key}");
-    let mut second = Background::start(&ctl, &["lock", "job", "--", "echo", "second holder ran"]);
+    let mut second = Background::start(ctl.command(&["lock", "job", "--", "echo", "second holder ran"]));
     wait_for_keys(&ctl, "job/", 2);
     let lease = client.lease_grant(60, None).await.unwrap().id();
     let third = tokio::spawn({
@@ -199,12 +117,12 @@ async fn etcdctl_lock_and_elect_work_like_etcds() {
     client.unlock(granted.key()).await.unwrap();
 
     // `elect -l NAME` follows the leader; `elect NAME PROPOSAL` campaigns and holds until Ctrl-C.
-    let listener = Background::start(&ctl, &["elect", "-l", "pilot"]);
-    let mut first = Background::start(&ctl, &["elect", "pilot", "alpha"]);
+    let listener = Background::start(ctl.command(&["elect", "-l", "pilot"]));
+    let mut first = Background::start(ctl.command(&["elect", "pilot", "alpha"]));
     let first_key = first.line();
     assert_eq!(first.line(), "alpha");
     assert_eq!((listener.line(), listener.line()), (first_key.clone(), "alpha".to_string()));
-    let mut runner_up = Background::start(&ctl, &["elect", "pilot", "beta"]);
+    let mut runner_up = Background::start(ctl.command(&["elect", "pilot", "beta"]));
     wait_for_keys(&ctl, "pilot/", 2);
     let leader = client.leader("pilot").await.expect("leader");
     assert_eq!(leader.kv().unwrap().value(), b"alpha", "the Election service agrees with etcdctl");

@@ -10,6 +10,7 @@
 //!   proposals of ordinary transactions, linearizable reads and the watch hub.
 //! - `mvcc`, `lease`, `watch`, `auth`: the data model the state machine applies to.
 //! - `backend`: ordered key-value storage (RocksDB, or memory for tests).
+//! - `backup`: snapshot files as backups: inspecting one, restoring one into a new data directory.
 //! - `tls`: rustls configurations for listeners and peer connections, reloaded on rotation, and the
 //!   certificate tooling behind `keel certs`.
 //!
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod backup;
 pub mod concurrency;
 pub mod error;
 pub mod format;

@@ -1,5 +1,6 @@
 //! Support for tests that run the real `keel` binary: free loopback ports, a process handle that
-//! SIGKILLs its child when dropped, and readiness polling with a bound.
+//! SIGKILLs its child when dropped, readiness polling with a bound, and long-running command-line
+//! tools (etcdctl, `keel ctl`) read line by line.
 
 #![allow(dead_code)]
 
@@ -181,5 +182,71 @@ impl KeelProcess {
 impl Drop for KeelProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A long-running command (a lock holder, a watch, a keep-alive) with its output lines; killed
+/// when dropped. Every wait is bounded.
+pub struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    /// Starts `command` with its standard output captured line by line.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn the command");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next output line, waiting at most 30 s.
+    pub fn line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(30)).expect("the command printed a line in time")
+    }
+
+    /// The next `n` output lines.
+    pub fn lines(&self, n: usize) -> Vec<String> {
+        (0..n).map(|_| self.line()).collect()
+    }
+
+    /// Whether a line is already waiting (never blocks).
+    pub fn has_output(&self) -> bool {
+        self.lines.try_recv().is_ok()
+    }
+
+    /// SIGINT, as an operator's Ctrl-C; returns the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill -INT");
+        assert!(sent.success());
+        self.wait()
+    }
+
+    /// Waits (at most 30 s) for the command to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the command did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,5 +1,9 @@
-//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader; alarm listing (no alarms exist
-//! yet). Defragment, Snapshot, Downgrade and alarm changes answer Unimplemented.
+//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader, Snapshot; alarm listing (no
+//! alarms exist yet). Defragment, Downgrade and alarm changes answer Unimplemented.
+//!
+//! Snapshot streams a Keel snapshot file (the format Raft snapshots use, checksummed end to end)
+//! built from a RocksDB checkpoint, so apply and writes go on while it is built and sent. At most
+//! [`SNAPSHOTS_AT_ONCE`] are built per member at a time; more wait.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +33,14 @@ fn unsupported(what: &str) -> Status {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Client snapshots built at once per member (each takes a checkpoint and a file the size of the
+/// data).
+pub const SNAPSHOTS_AT_ONCE: usize = 2;
+/// Bytes per streamed message.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// Messages buffered ahead of the client.
+const SNAPSHOT_BUFFER: usize = 16;
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
@@ -109,8 +121,33 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unsupported("snapshot"))
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        observe("Snapshot", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
+            let permit = self.api.snapshot_permits.clone().acquire_owned().await.map_err(|_| StoreError::Stopped)?;
+            let core = self.api.member.core().clone();
+            let snapshot = tokio::task::spawn_blocking(move || {
+                crate::raft::snapshot::ClientSnapshot::build(&**core.backend(), core.snapshot_dir())
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(|e| StoreError::Internal(format!("building the snapshot failed: {e}")))?;
+            let total = snapshot.file.len().map_err(|e| StoreError::Internal(e.to_string()))?;
+            let revision = self.api.member.core().mvcc().current_revision();
+            tracing::info!(bytes = total, revision, "streaming a snapshot to a client");
+            let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_BUFFER);
+            let header = self.api.current_header();
+            tokio::task::spawn_blocking(move || {
+                // The permit and the scratch directory live until the last chunk is queued or the
+                // client goes away (the send fails).
+                let _permit = permit;
+                send_snapshot(&snapshot, total, header, &tx);
+            });
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            Ok(Response::new(Box::pin(stream) as Self::SnapshotStream))
+        })
+        .await
     }
 
     async fn move_leader(
@@ -132,4 +169,61 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(unsupported("downgrade"))
     }
+}
+
+/// Streams `snapshot` in chunks through `tx` (blocking reads; runs on a blocking thread), then
+/// etcd's trailer (zero padding to a page boundary and the SHA-256 of all before it), which
+/// etcdctl's `snapshot save` requires.
+fn send_snapshot(
+    snapshot: &crate::raft::snapshot::ClientSnapshot,
+    file_len: u64,
+    header: Option<pb::ResponseHeader>,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) {
+    use std::io::Read;
+
+    use crate::raft::snapshot::{ETCD_DIGEST, etcd_padding};
+    let fail = |what: &str, err: std::io::Error| {
+        let _ = tx.blocking_send(Err(StoreError::Internal(format!("{what} the snapshot: {err}")).into()));
+    };
+    let mut file = match std::fs::File::open(snapshot.file.path()) {
+        Ok(file) => file,
+        Err(err) => return fail("opening", err),
+    };
+    let padding = etcd_padding(file_len);
+    let total = file_len + padding + ETCD_DIGEST as u64;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut sent: u64 = 0;
+    let mut first = true;
+    let mut send = |blob: Vec<u8>, sent: u64| {
+        let message = pb::SnapshotResponse {
+            header,
+            remaining_bytes: total - sent,
+            blob,
+            version: if first { VERSION.to_string() } else { String::new() },
+        };
+        first = false;
+        tx.blocking_send(Ok(message)).is_ok()
+    };
+    loop {
+        let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+        let n = match file.read(&mut blob) {
+            Ok(n) => n,
+            Err(err) => return fail("reading", err),
+        };
+        if n == 0 {
+            break;
+        }
+        blob.truncate(n);
+        hasher.update(&blob);
+        sent += n as u64;
+        if !send(blob, sent) {
+            return;
+        }
+    }
+    let mut trailer = vec![0u8; padding as usize];
+    hasher.update(&trailer);
+    trailer.extend_from_slice(hasher.finish().as_ref());
+    sent += trailer.len() as u64;
+    send(trailer, sent);
 }

@@ -4,7 +4,7 @@
 //! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
 //! MVCC, and maps every error through one table (`status`). Besides `etcdserverpb` it serves
 //! etcd's `v3lockpb` and `v3electionpb` (over `crate::concurrency`). Absent on purpose until their
-//! issues land: Snapshot, Defragment, Downgrade and alarm changes.
+//! issues land: Defragment, Downgrade and alarm changes.
 //!
 //! Auth: each handler resolves its caller (`Api::caller`: token, else client-certificate CN) and
 //! either proposes on the caller's behalf (apply checks permissions) or checks the local auth state
@@ -50,6 +50,8 @@ pub(crate) struct Api {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Locks and elections (the Lock and Election services).
     concurrency: crate::concurrency::Coordinator,
+    /// Bounds client snapshots built at once (Maintenance Snapshot).
+    snapshot_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
@@ -161,7 +163,8 @@ pub async fn serve(
     let limit = member.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let concurrency = crate::concurrency::Coordinator::new(member.clone());
-    let api = Arc::new(Api { member, shutdown: shutdown_rx, concurrency });
+    let snapshot_permits = Arc::new(tokio::sync::Semaphore::new(maintenance::SNAPSHOTS_AT_ONCE));
+    let api = Arc::new(Api { member, shutdown: shutdown_rx, concurrency, snapshot_permits });
     let shutdown = async move {
         shutdown.await;
         shutdown_tx.send_replace(true);

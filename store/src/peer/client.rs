@@ -23,7 +23,7 @@ use openraft::raft::{
 use openraft::type_config::alias::SnapshotOf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{
@@ -92,40 +92,23 @@ impl Peers {
     }
 
     fn channel(&self, url: &str) -> Result<Channel, ForwardError> {
-        let bad = |reason: String| ForwardError::NotSent(format!("bad peer URL {url}: {reason}"));
-        let (tls, host_port) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-            (Some(rest), _) => (true, rest),
-            (None, Some(rest)) => (false, rest),
-            _ => return Err(bad("expected http:// or https://".into())),
-        };
-        let host_port = host_port.trim_end_matches('/').to_string();
-        // tonic sees a plain http:// URI either way; for TLS peers the connector below performs
-        // the handshake itself, presenting this member's peer certificate.
-        let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
-        if !tls {
-            return Ok(endpoint.connect_lazy());
-        }
-        let Some(client_tls) = self.tls.clone() else {
-            return Err(bad(
-                "an https:// peer needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into()
-            ));
-        };
-        let host = host_port.rsplit_once(':').map_or(host_port.as_str(), |(host, _)| host).to_string();
-        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let (client_tls, host_port, host) = (client_tls.clone(), host_port.clone(), host.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&host_port).await?;
-                tcp.set_nodelay(true)?;
-                let stream = client_tls.connect(tcp, &host).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        Ok(endpoint.connect_with_connector_lazy(connector))
+        let connect_timeout = self.connect_timeout;
+        crate::tls::lazy_channel(url, self.tls.clone(), |endpoint| {
+            endpoint
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+        })
+        .map_err(|err| {
+            let reason = match err {
+                crate::tls::ChannelError::NoTls => {
+                    "an https:// peer needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".to_string()
+                }
+                other => other.to_string(),
+            };
+            ForwardError::NotSent(format!("bad peer URL {url}: {reason}"))
+        })
     }
 
     fn request(&self, payload: Vec<u8>) -> PeerRequest {

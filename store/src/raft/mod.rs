@@ -9,7 +9,7 @@
 //! in apply reads the clock, randomness or member-local configuration.
 
 mod log_store;
-mod snapshot;
+pub mod snapshot;
 mod state_machine;
 
 use std::fmt;

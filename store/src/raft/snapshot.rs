@@ -192,7 +192,8 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes files left by builds or transfers that a crash interrupted. Call only at start-up.
+/// Removes files left by builds or transfers that a crash interrupted, and client snapshots
+/// whose streams a crash cut short. Call only at start-up.
 pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
@@ -202,11 +203,54 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(TMP_SUFFIX) || name.ends_with(PARTIAL_SUFFIX) {
             fs::remove_file(&path)?;
-        } else if name.starts_with(crate::backend::CHECKPOINT_DIR_PREFIX) && path.is_dir() {
+        } else if (name.starts_with(crate::backend::CHECKPOINT_DIR_PREFIX) || name.starts_with(CLIENT_DIR_PREFIX))
+            && path.is_dir()
+        {
             fs::remove_dir_all(&path)?;
         }
     }
     Ok(())
+}
+
+/// Prefix of the scratch directories that hold snapshots built for clients (Maintenance
+/// Snapshot), beside the Raft snapshots but never mistaken for them.
+const CLIENT_DIR_PREFIX: &str = "client-";
+
+/// A snapshot built for a client, in its own scratch directory under the snapshot directory;
+/// the directory is removed when this is dropped (the stream ended or was abandoned).
+#[derive(Debug)]
+pub struct ClientSnapshot {
+    dir: PathBuf,
+    /// What it holds.
+    pub meta: SnapshotMeta,
+    /// The file.
+    pub file: SnapshotFile,
+}
+
+impl ClientSnapshot {
+    /// Builds a snapshot of the backend's state machine for a client.
+    pub fn build(backend: &dyn Backend, snapshot_dir: &Path) -> io::Result<Self> {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = snapshot_dir.join(format!("{CLIENT_DIR_PREFIX}{nonce}"));
+        match build(backend, &dir) {
+            Ok((meta, file)) => Ok(Self { dir, meta, file }),
+            Err(err) => {
+                let _ = fs::remove_dir_all(&dir);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for ClientSnapshot {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(%err, dir = %self.dir.display(), "removing a client snapshot failed");
+        }
+    }
 }
 
 /// The newest complete snapshot in `dir`, if any.
@@ -302,11 +346,52 @@ pub fn for_each_record(
     if stored_crc != computed {
         return Err(invalid("snapshot checksum mismatch: the file is corrupted"));
     }
-    let mut rest = [0u8; 1];
-    if input.inner.read(&mut rest)? != 0 {
-        return Err(invalid("trailing bytes after the snapshot checksum"));
+    let mut rest = Vec::new();
+    (&mut input.inner).take(ETCD_PAGE + ETCD_DIGEST as u64 + 1).read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        check_etcd_trailer(path, &rest)?;
     }
     Ok(meta)
+}
+
+/// etcd streams snapshots padded to a multiple of this many bytes, then appends a SHA-256 digest;
+/// etcdctl refuses a stream of any other shape. Keel's Snapshot RPC streams the same trailer, and
+/// snapshot readers accept a file with or without it.
+pub const ETCD_PAGE: u64 = 512;
+/// Length of the SHA-256 digest that ends an etcd-style snapshot stream.
+pub const ETCD_DIGEST: usize = 32;
+
+/// Zero bytes that pad a snapshot of `len` bytes to an [`ETCD_PAGE`] boundary.
+pub fn etcd_padding(len: u64) -> u64 {
+    (ETCD_PAGE - len % ETCD_PAGE) % ETCD_PAGE
+}
+
+/// Checks the bytes after a snapshot's checksum: zero padding to a page boundary and the SHA-256
+/// of everything before the digest.
+fn check_etcd_trailer(path: &Path, rest: &[u8]) -> io::Result<()> {
+    let bad = || invalid("trailing bytes after the snapshot checksum are not an etcd-style padding and SHA-256");
+    if rest.len() < ETCD_DIGEST || rest.len() > ETCD_DIGEST + ETCD_PAGE as usize {
+        return Err(bad());
+    }
+    let (padding, digest) = rest.split_at(rest.len() - ETCD_DIGEST);
+    let body = fs::metadata(path)?.len() - ETCD_DIGEST as u64;
+    if padding.iter().any(|b| *b != 0) || !body.is_multiple_of(ETCD_PAGE) {
+        return Err(bad());
+    }
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut input = BufReader::with_capacity(1 << 20, File::open(path)?).take(body);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    if hasher.finish().as_ref() != digest {
+        return Err(invalid("snapshot SHA-256 mismatch: the file is corrupted"));
+    }
+    Ok(())
 }
 
 fn read_field(input: &mut impl Read) -> io::Result<Vec<u8>> {

@@ -259,6 +259,58 @@ impl ClientTls {
     }
 }
 
+/// Why a channel to a URL cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Neither `http://` nor `https://`.
+    #[error("expected http:// or https://")]
+    Scheme,
+    /// Not a valid URI.
+    #[error("{0}")]
+    Invalid(String),
+    /// An `https://` URL without TLS settings.
+    #[error("an https:// URL needs TLS settings (at least a trusted CA)")]
+    NoTls,
+}
+
+/// A lazily connecting gRPC channel to `url` (`http://host:port` or `https://host:port`):
+/// `configure` sets the endpoint's timeouts and keep-alives. For `https://` the handshake is made
+/// by `tls` (the server's certificate must name the URL's host); without `tls` an `https://` URL is
+/// an error. Shared by members (peer connections) and `keel ctl` (client connections).
+pub fn lazy_channel(
+    url: &str,
+    tls: Option<Arc<ClientTls>>,
+    configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, ChannelError> {
+    let (secure, host_port) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err(ChannelError::Scheme),
+    };
+    let host_port = host_port.trim_end_matches('/').to_string();
+    // tonic sees a plain http:// URI either way; for TLS the connector performs the handshake.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host_port}"))
+        .map_err(|e| ChannelError::Invalid(e.to_string()))?;
+    let endpoint = configure(endpoint);
+    if !secure {
+        return Ok(endpoint.connect_lazy());
+    }
+    let Some(client_tls) = tls else {
+        return Err(ChannelError::NoTls);
+    };
+    let host = host_port.rsplit_once(':').map_or(host_port.as_str(), |(host, _)| host).to_string();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (client_tls, host_port, host) = (client_tls.clone(), host_port.clone(), host.clone());
+        async move {
+            let tcp = TcpStream::connect(&host_port).await?;
+            tcp.set_nodelay(true)?;
+            let stream = client_tls.connect(tcp, &host).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
 /// The name a server certificate must match, from a URL's host part (brackets allowed for IPv6).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
