@@ -11,7 +11,8 @@
 //! victim was granted after its lease was revoked.
 //!
 //! Observe: an observer on a follower sees every change of leader in order while the Raft leader is
-//! killed, and an observer that re-subscribes after losing its member gets the current leader.
+//! killed, and a new observer on another member (what a client that lost its member opens) first
+//! gets the current leader.
 
 mod support;
 
@@ -450,7 +451,8 @@ async fn observe_on_a_follower_follows_every_leader_across_a_leader_kill() {
     assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "revision order: {seen:?}");
     reader.abort();
 
-    // An observer whose member dies re-subscribes elsewhere and first hears the current leader.
+    // A new observer, as a client that lost its member opens on another one, first hears the
+    // current leader.
     let mut fresh = cluster.client(candidate_member).await.observe("pilot").await.expect("observe again");
     let resp = tokio::time::timeout(BOUND, fresh.message()).await.expect("current leader").unwrap().unwrap();
     assert_eq!(resp.kv().unwrap().value(), b"four");

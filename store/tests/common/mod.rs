@@ -89,6 +89,19 @@ impl TestServer {
             let _ = tokio::time::timeout(Duration::from_secs(30), server).await.expect("server stops");
         }
         self.member.shutdown().await;
+        // The database must be closed before the test process exits: RocksDB aborts the process
+        // ("pthread lock: Invalid argument") when its statics are destroyed under an open
+        // database. Every holder of the store (tasks finishing after shutdown) lets go shortly.
+        let backend = Arc::downgrade(self.member.core().backend());
+        drop(self);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while backend.upgrade().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store is still open 30 s after shutdown: a task holds it"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
