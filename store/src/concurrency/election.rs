@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc;
 
-use super::{AbandonGuard, Coordinator, FIRST_BACKOFF, Held, HubStream, key_for, prefix_of, prefix_range_end};
+use super::{Coordinator, FIRST_BACKOFF, Held, HubStream, prefix_of, prefix_range_end};
 use crate::error::StoreError;
 use crate::mvcc::{Event, EventKind, KeyValue, RangeRequest, SortOrder, SortTarget};
 use crate::watch::{WatchMessage, WatchSpec};
@@ -55,31 +55,9 @@ impl Coordinator {
         lease: i64,
         value: &[u8],
     ) -> Result<(LeaderKey, Held), StoreError> {
-        let prefix = prefix_of(name)?;
-        if lease == 0 {
-            return Err(StoreError::LeaseNotProvided);
-        }
-        let _permit = self.waiter_permit()?;
-        let key = key_for(&prefix, lease);
-        let own = self.enqueue(caller, &key, lease, value, true).await?;
-        let guard = AbandonGuard {
-            member: self.member.clone(),
-            caller: caller.map(str::to_string),
-            key: own.key.clone(),
-            create_revision: own.create_revision,
-            armed: true,
-        };
-        let granted_at = match self.wait_for_turn(caller, &prefix, &own).await {
-            Ok(revision) => revision,
-            Err(StoreError::SessionExpired) => {
-                guard.disarm();
-                return Err(StoreError::SessionExpired);
-            }
-            Err(err) => return Err(err),
-        };
-        guard.disarm();
-        let leader = LeaderKey { name: name.to_vec(), key: key.clone(), rev: own.create_revision, lease };
-        Ok((leader, Held { key, create_revision: own.create_revision, granted_at }))
+        let held = self.acquire(caller, &prefix_of(name)?, lease, value, true).await?;
+        let leader = LeaderKey { name: name.to_vec(), key: held.key.clone(), rev: held.create_revision, lease };
+        Ok((leader, held))
     }
 
     /// Sets the leader's value; the revision of the write.

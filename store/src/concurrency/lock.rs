@@ -4,7 +4,7 @@
 //! `unlock` deletes only a lock key (`NAME/<lease hex>` attached to that lease) and only the
 //! version it read, so it never removes an ordinary key or a newer holder's key.
 
-use super::{AbandonGuard, Coordinator, Held, is_lease_key, key_for, prefix_of};
+use super::{Coordinator, Held, is_lease_key, prefix_of};
 use crate::error::StoreError;
 use crate::mvcc::RangeRequest;
 
@@ -12,32 +12,9 @@ impl Coordinator {
     /// Acquires lock `name` for `lease`, waiting behind older holders. Locking again with the same
     /// lease returns the same key (one acquisition per lease, as in etcd).
     pub async fn lock(&self, caller: Option<&str>, name: &[u8], lease: i64) -> Result<Held, StoreError> {
-        let prefix = prefix_of(name)?;
-        if lease == 0 {
-            return Err(StoreError::LeaseNotProvided);
-        }
-        let _permit = self.waiter_permit()?;
-        let key = key_for(&prefix, lease);
-        let own = self.enqueue(caller, &key, lease, b"", false).await?;
-        let guard = AbandonGuard {
-            member: self.member.clone(),
-            caller: caller.map(str::to_string),
-            key: own.key.clone(),
-            create_revision: own.create_revision,
-            armed: true,
-        };
-        let granted_at = match self.wait_for_turn(caller, &prefix, &own).await {
-            Ok(revision) => revision,
-            Err(StoreError::SessionExpired) => {
-                // The key is gone already; nothing to clean up.
-                guard.disarm();
-                return Err(StoreError::SessionExpired);
-            }
-            Err(err) => return Err(err),
-        };
-        guard.disarm();
-        tracing::debug!(key = %String::from_utf8_lossy(&key), token = own.create_revision, granted_at, "lock granted");
-        Ok(Held { key, create_revision: own.create_revision, granted_at })
+        let held = self.acquire(caller, &prefix_of(name)?, lease, b"", false).await?;
+        tracing::debug!(key = %String::from_utf8_lossy(&held.key), token = held.create_revision, granted_at = held.granted_at, "lock granted");
+        Ok(held)
     }
 
     /// Releases the lock held (or waited for) through `key`; the revision that deleted it.

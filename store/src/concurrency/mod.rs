@@ -212,6 +212,43 @@ impl Coordinator {
         Ok(resp.revision)
     }
 
+    /// Queues `lease`'s key under `prefix` (with `value`) and waits for its turn: the shared body
+    /// of Lock and Campaign. Holds a waiter permit meanwhile; an abandoned wait removes the key.
+    async fn acquire(
+        &self,
+        caller: Option<&str>,
+        prefix: &[u8],
+        lease: i64,
+        value: &[u8],
+        update_value: bool,
+    ) -> Result<Held, StoreError> {
+        if lease == 0 {
+            return Err(StoreError::LeaseNotProvided);
+        }
+        let _permit = self.waiter_permit()?;
+        let key = key_for(prefix, lease);
+        let own = self.enqueue(caller, &key, lease, value, update_value).await?;
+        let guard = AbandonGuard {
+            member: self.member.clone(),
+            caller: caller.map(str::to_string),
+            key: own.key.clone(),
+            create_revision: own.create_revision,
+            armed: true,
+        };
+        match self.wait_for_turn(caller, prefix, &own).await {
+            Ok(granted_at) => {
+                guard.disarm();
+                Ok(Held { key, create_revision: own.create_revision, granted_at })
+            }
+            Err(StoreError::SessionExpired) => {
+                // The key is gone already; nothing to clean up.
+                guard.disarm();
+                Err(StoreError::SessionExpired)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Waits until `own` is the oldest key under `prefix`; returns the revision that showed it.
     /// Fails with [`StoreError::SessionExpired`] as soon as `own` is gone (lease revoked or
     /// expired, or the key deleted).
