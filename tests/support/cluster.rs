@@ -56,7 +56,29 @@ impl Cluster {
             cluster.process(i).ready().await;
         }
         cluster.leader().await;
+        cluster.wait_started(n).await;
         cluster
+    }
+
+    /// Waits (bounded) until every live member lists `n` members, each started (its client URLs
+    /// published through the log), so tests compare settled member lists.
+    pub async fn wait_started(&mut self, n: usize) {
+        let deadline = tokio::time::Instant::now() + READY_BOUND;
+        loop {
+            let mut settled = true;
+            for i in self.live() {
+                let listed = match self.client(i).await.member_list().await {
+                    Ok(list) => list.members().iter().filter(|m| !m.client_urls().is_empty()).count(),
+                    Err(_) => 0,
+                };
+                settled &= listed == n;
+            }
+            if settled {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "members never all published their client URLs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
