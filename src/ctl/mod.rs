@@ -10,6 +10,7 @@
 //! them under a temporary name and renames them only when complete.
 
 mod cluster;
+mod endpoint;
 mod kv;
 mod output;
 mod snapshot;
@@ -27,7 +28,7 @@ use tonic::transport::Channel;
 pub use output::WriteOut;
 
 /// etcdctl's global flags.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct Global {
     /// gRPC endpoints, comma-separated (http:// or https://; a bare host:port means http://).
     #[arg(long, global = true, default_value = "127.0.0.1:2379", value_delimiter = ',', env = "ETCDCTL_ENDPOINTS")]
@@ -66,7 +67,7 @@ pub enum Ctl {
     Member(cluster::Member),
     /// Status and health of each endpoint (or, with --cluster, of every member).
     #[command(subcommand)]
-    Endpoint(cluster::Endpoint),
+    Endpoint(endpoint::Endpoint),
     /// Transfer leadership to another voting member (id in hex).
     MoveLeader(cluster::MoveLeader),
     /// Discard the key-value history before a revision.
@@ -76,7 +77,7 @@ pub enum Ctl {
     Alarm(cluster::Alarm),
     /// Consistency checks across members.
     #[command(subcommand)]
-    Check(cluster::Check),
+    Check(endpoint::Check),
     /// Read a key or a range of keys.
     Get(kv::Get),
     /// Write a key.
@@ -95,11 +96,11 @@ pub async fn run(global: Global, command: Ctl) -> Result<()> {
     match command {
         Ctl::Snapshot(cmd) => snapshot::run(&global, cmd).await,
         Ctl::Member(cmd) => cluster::member(&global, cmd).await,
-        Ctl::Endpoint(cmd) => cluster::endpoint(&global, cmd).await,
+        Ctl::Endpoint(cmd) => endpoint::endpoint(&global, cmd).await,
         Ctl::MoveLeader(cmd) => cluster::move_leader(&global, cmd).await,
         Ctl::Compact(cmd) => cluster::compact(&global, cmd).await,
         Ctl::Alarm(cmd) => cluster::alarm(&global, cmd).await,
-        Ctl::Check(cmd) => cluster::check(&global, cmd).await,
+        Ctl::Check(cmd) => endpoint::check(&global, cmd).await,
         Ctl::Get(cmd) => kv::get(&global, cmd).await,
         Ctl::Put(cmd) => kv::put(&global, cmd).await,
         Ctl::Del(cmd) => kv::del(&global, cmd).await,
@@ -129,17 +130,7 @@ impl Client {
                 .context("loading --cacert/--cert/--key")?,
             ),
         };
-        let global = Global {
-            endpoints: global.endpoints.clone(),
-            cacert: global.cacert.clone(),
-            cert: global.cert.clone(),
-            key: global.key.clone(),
-            user: global.user.clone(),
-            dial_timeout: global.dial_timeout,
-            command_timeout: global.command_timeout,
-            write_out: global.write_out,
-        };
-        let mut client = Self { global, tls, token: None };
+        let mut client = Self { global: global.clone(), tls, token: None };
         if let Some(user) = client.global.user.clone() {
             let Some((name, password)) = user.split_once(':') else {
                 bail!("--user must be name:password");

@@ -107,11 +107,7 @@ impl Api {
         caller: Option<String>,
         command: crate::raft::Command,
     ) -> Result<crate::raft::CommandResponse, StoreError> {
-        let command = match caller {
-            Some(user) => crate::raft::Command::AsUser { user, command: Box::new(command) },
-            None => command,
-        };
-        self.member.propose(command).await
+        self.member.propose(crate::raft::Command::as_user(caller.as_deref(), command)).await
     }
 
     /// The local auth state.

@@ -301,11 +301,7 @@ impl Coordinator {
 
 /// Proposes `txn` as `caller`.
 async fn propose_txn(member: &Member, caller: Option<&str>, txn: TxnRequest) -> Result<TxnResponse, StoreError> {
-    let command = match caller {
-        Some(user) => Command::AsUser { user: user.to_string(), command: Box::new(Command::Txn(txn)) },
-        None => Command::Txn(txn),
-    };
-    match member.propose(command).await? {
+    match member.propose(Command::as_user(caller, Command::Txn(txn))).await? {
         CommandResponse::Txn(resp) => Ok(resp),
         other => Err(StoreError::Internal(format!("unexpected apply result {other:?}"))),
     }

@@ -93,6 +93,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// `command` on behalf of `caller` (unchanged when there is no caller: auth off, or no
+    /// credentials).
+    pub fn as_user(caller: Option<&str>, command: Command) -> Command {
+        match caller {
+            Some(user) => Command::AsUser { user: user.to_string(), command: Box::new(command) },
+            None => command,
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
