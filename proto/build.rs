@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/v3lock.proto",
         "etcd/v3election.proto",
         "keel/peer.proto",
+        "keel/journal.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

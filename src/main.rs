@@ -114,6 +114,14 @@ struct StoreArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 30s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: Duration,
+    /// Auto compaction mode: `periodic` (the retention is a duration) or `revision` (a revision
+    /// count). The leader compacts; see --auto-compaction-retention.
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: keel_store::server::AutoCompactionMode,
+    /// History auto compaction keeps: in periodic mode a duration (`30m`, `1h30m`; a bare integer
+    /// is hours), in revision mode a revision count. 0 disables auto compaction.
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: keel_store::server::AutoCompactionRetention,
     /// Path to the client server TLS certificate file (for https:// client URLs).
     #[arg(long)]
     cert_file: Option<PathBuf>,
@@ -151,6 +159,11 @@ struct StoreArgs {
     /// streams); calls beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_lock_waiters: u64,
+    /// Raise the NOSPACE alarm (cluster-wide: writes that grow the store are refused until an
+    /// operator frees space and disarms it) when the data would grow past this many bytes; 0 means
+    /// etcd's default, 2 GiB.
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
     /// Log level.
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -222,6 +235,8 @@ fn store_config(args: &StoreArgs) -> StoreConfig {
     config.election_timeout = Duration::from_millis(args.election_timeout);
     config.snapshot_count = args.snapshot_count;
     config.watch_progress_notify_interval = args.experimental_watch_progress_notify_interval;
+    config.auto_compaction_mode = args.auto_compaction_mode;
+    config.auto_compaction_retention = args.auto_compaction_retention;
     config.client_tls = TlsFiles {
         cert_file: args.cert_file.clone(),
         key_file: args.key_file.clone(),
@@ -231,6 +246,9 @@ fn store_config(args: &StoreArgs) -> StoreConfig {
     config.bcrypt_cost = args.bcrypt_cost;
     config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl);
     config.max_lock_waiters = args.max_lock_waiters as usize;
+    if args.quota_backend_bytes > 0 {
+        config.quota_backend_bytes = args.quota_backend_bytes;
+    }
     config.peer_tls = TlsFiles {
         cert_file: args.peer_cert_file.clone(),
         key_file: args.peer_key_file.clone(),

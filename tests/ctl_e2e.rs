@@ -1,60 +1,12 @@
 //! End to end for `keel ctl` against real `keel store` processes: the commands an operator brings
-//! from etcdctl (member, endpoint, move-leader, compact, check, get/put/del, watch, lease) must
+//! from etcdctl (member, endpoint, move-leader, compact, check, get/put/del/txn, watch, lease) must
 //! print what etcdctl prints, act on the right member, and fail clearly with a non-zero exit.
 
 mod support;
 
-use std::process::{Command, Output};
-
 use support::cluster::Cluster;
+use support::ctl::Ctl;
 use support::{Background, KeelProcess, free_port};
-
-/// `keel ctl --endpoints ENDPOINTS ...`.
-struct Ctl {
-    endpoints: String,
-}
-
-impl Ctl {
-    fn new(endpoints: &[String]) -> Self {
-        Self { endpoints: endpoints.join(",") }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-        for var in ["ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDCTL_USER"] {
-            cmd.env_remove(var);
-        }
-        cmd.args(["ctl", "--endpoints", &self.endpoints]).args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run keel ctl")
-    }
-
-    /// Runs a command that must succeed; returns its standard output.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "keel ctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-
-    /// Runs a command that must fail; returns its standard error.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "keel ctl {args:?} unexpectedly succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
 
 /// One single-member store and a `keel ctl` for it.
 async fn single() -> (tempfile::TempDir, KeelProcess, Ctl) {
@@ -317,4 +269,62 @@ async fn move_leader_from_any_endpoint_hands_leadership_to_the_target() {
 
     let err = cluster_ctl(&cluster).fails(&["move-leader", "12345"]);
     assert!(err.contains("bad leader transferee"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_runs_the_branch_its_compares_choose_and_refuses_bad_input_like_etcdctl() {
+    let (_dir, mut keel, ctl) = single().await;
+    assert_eq!(ctl.ok(&["put", "t/key", "v1"]), "OK\n");
+    let txn = |args: &[&str], input: &str| {
+        let out = ctl.run_with_stdin(args, input);
+        assert!(out.status.success(), "txn {input:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    };
+
+    // The compare holds: the success requests run, each response after an empty line.
+    let out = txn(
+        &["txn"],
+        "value(\"t/key\") = \"v1\"\n\nput t/key v2 --prev-kv\nput t/other \"two words\"\nget --prefix t/\n\nput t/key failed\n\n",
+    );
+    assert_eq!(out, "SUCCESS\n\nOK\nt/key\nv1\n\nOK\n\nt/key\nv2\nt/other\ntwo words\n");
+    assert_eq!(ctl.ok(&["get", "--prefix", "t/"]), "t/key\nv2\nt/other\ntwo words\n");
+
+    // The compares fail (short target names, and the input ends without the last empty line):
+    // only the failure requests run, and a FAILURE is still a success for the command.
+    let out = txn(&["txn"], "val(\"t/key\") = \"v1\"\nm(\"t/key\") > \"0\"\n\nput t/key v3\n\ndel t/other\nget t/key");
+    assert_eq!(out, "FAILURE\n\n1\n\nt/key\nv2\n");
+    assert_eq!(ctl.ok(&["get", "--prefix", "t/"]), "t/key\nv2\n", "the success branch did not run");
+
+    // JSON is the TxnResponse as etcdctl prints it; -i prints etcdctl's prompts first.
+    let json: serde_json::Value =
+        serde_json::from_str(&txn(&["-w", "json", "txn"], "version(\"t/key\") = \"2\"\n\nget t/key\n\n\n"))
+            .expect("json");
+    assert_eq!(json["succeeded"], true);
+    assert_eq!(json["responses"][0]["Response"]["response_range"]["kvs"][0]["value"], "djI=", "base64 of v2");
+    assert_eq!(json["responses"][0]["Response"]["response_range"]["count"], 1);
+    let revision = json["header"]["revision"].as_i64().expect("revision");
+    let out = txn(&["txn", "-i"], "create(\"t/new\") = \"0\"\n\nput t/new x\n\n\n");
+    assert_eq!(out, "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\nSUCCESS\n\nOK\n");
+    assert_eq!(ctl.ok(&["get", "t/new"]), "t/new\nx\n");
+
+    // Bad input fails with the line and the problem, and nothing is sent: the valid requests
+    // before the bad line do not run either.
+    for (input, expected) in [
+        (
+            "valu(\"t/key\") = \"v2\"\n\nput t/key bad\n\n",
+            "line 1: bad compare \"valu(\"t/key\") = \"v2\"\": unknown target valu",
+        ),
+        ("value(\"t/key\") = \"v2\"\n\nput t/key bad\nfrob t/key\n\n", "line 4: bad request \"frob t/key\""),
+        ("\n\nput t/key bad\nput t/key\n", "line 4: bad request \"put t/key\": put needs a key and a value"),
+    ] {
+        let out = ctl.run_with_stdin(&["txn"], input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{input:?} was accepted: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains(expected), "{input:?}: {err}");
+        assert!(out.stdout.is_empty(), "{input:?}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(ctl.ok(&["get", "t/key"]), "t/key\nv2\n");
+    let json: serde_json::Value = serde_json::from_str(&ctl.ok(&["-w", "json", "get", "t/key"])).expect("json");
+    assert_eq!(json["header"]["revision"].as_i64(), Some(revision + 1), "only the -i put wrote since");
+    keel.terminate();
 }

@@ -156,7 +156,7 @@ pub fn parse_lease_id(text: &str) -> Result<i64, String> {
 
 /// The range end for `--prefix` (etcd's `GetPrefixRangeEnd`): the prefix with its last byte below
 /// 0xff incremented and what follows dropped; `\0` (every key) when there is no such byte.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -517,7 +517,7 @@ async fn keep_alive(
 }
 
 /// Prints a key line (unless `value_only`) and a value line, as etcdctl's `printKV`.
-fn print_kv(kv: &mvccpb::KeyValue, value_only: bool) {
+pub(super) fn print_kv(kv: &mvccpb::KeyValue, value_only: bool) {
     if !value_only {
         println!("{}", String::from_utf8_lossy(&kv.key));
     }
@@ -566,7 +566,7 @@ fn flat_header(header: Option<&pb::ResponseHeader>) -> Map<String, Value> {
 }
 
 /// A key-value as etcd's JSON (`mvccpb.KeyValue`: bytes in base64).
-fn kv_json(kv: &mvccpb::KeyValue) -> Value {
+pub(super) fn kv_json(kv: &mvccpb::KeyValue) -> Value {
     omit_empty(json!({
         "key": base64(&kv.key),
         "create_revision": kv.create_revision,

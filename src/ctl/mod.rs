@@ -9,11 +9,14 @@
 //! Invariants: every request carries the command timeout; a command that writes files writes
 //! them under a temporary name and renames them only when complete.
 
+mod backup;
 mod cluster;
+mod defrag;
 mod endpoint;
 mod kv;
 mod output;
 mod snapshot;
+mod txn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +65,8 @@ pub enum Ctl {
     /// Save, inspect and restore snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::Snapshot),
+    /// Keep a point-in-time backup: a base snapshot plus a journal of every committed change.
+    Backup(backup::Backup),
     /// List, add, remove, promote and update members.
     #[command(subcommand)]
     Member(cluster::Member),
@@ -78,6 +83,9 @@ pub enum Ctl {
     /// Consistency checks across members.
     #[command(subcommand)]
     Check(endpoint::Check),
+    /// Reclaim the space of deleted and compacted data on each endpoint (or, with --cluster, on
+    /// every member); online: writes go on meanwhile.
+    Defrag(defrag::Defrag),
     /// Read a key or a range of keys.
     Get(kv::Get),
     /// Write a key.
@@ -89,23 +97,28 @@ pub enum Ctl {
     /// Grant, revoke, inspect, list and keep alive leases (ids in hex).
     #[command(subcommand)]
     Lease(kv::Lease),
+    /// Run one transaction read from standard input (compares, success and failure requests).
+    Txn(txn::Txn),
 }
 
 /// Runs one `keel ctl` command.
 pub async fn run(global: Global, command: Ctl) -> Result<()> {
     match command {
         Ctl::Snapshot(cmd) => snapshot::run(&global, cmd).await,
+        Ctl::Backup(cmd) => backup::run(&global, cmd).await,
         Ctl::Member(cmd) => cluster::member(&global, cmd).await,
         Ctl::Endpoint(cmd) => endpoint::endpoint(&global, cmd).await,
         Ctl::MoveLeader(cmd) => cluster::move_leader(&global, cmd).await,
         Ctl::Compact(cmd) => cluster::compact(&global, cmd).await,
         Ctl::Alarm(cmd) => cluster::alarm(&global, cmd).await,
         Ctl::Check(cmd) => endpoint::check(&global, cmd).await,
+        Ctl::Defrag(cmd) => defrag::run(&global, cmd).await,
         Ctl::Get(cmd) => kv::get(&global, cmd).await,
         Ctl::Put(cmd) => kv::put(&global, cmd).await,
         Ctl::Del(cmd) => kv::del(&global, cmd).await,
         Ctl::Watch(cmd) => kv::watch(&global, cmd).await,
         Ctl::Lease(cmd) => kv::lease(&global, cmd).await,
+        Ctl::Txn(cmd) => txn::run(&global, cmd).await,
     }
 }
 

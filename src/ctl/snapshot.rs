@@ -27,7 +27,8 @@ pub enum Snapshot {
     },
     /// Check a snapshot file end to end and show its hash, revision, keys and size.
     Status {
-        /// The snapshot file.
+        /// The snapshot file, or a backup directory kept by `backup --follow` (then its base
+        /// snapshots and the log entries its journal covers are listed).
         file: PathBuf,
     },
     /// Build a new member's data directory from a snapshot file. Run it once per member of the
@@ -39,8 +40,12 @@ pub enum Snapshot {
 /// Where and as whom a snapshot is restored (etcd's names).
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The snapshot file.
+    /// The snapshot file, or a backup directory kept by `backup --follow` (with --to-revision).
     file: PathBuf,
+    /// Restore the state exactly as it was at this revision, from a backup directory: its newest
+    /// base snapshot at or before the revision, then its journal replayed up to the revision.
+    #[arg(long)]
+    to_revision: Option<i64>,
     /// The data directory to create; must be absent or empty (a volume root with only
     /// `lost+found` is fine).
     #[arg(long)]
@@ -63,6 +68,7 @@ pub struct RestoreArgs {
 pub async fn run(global: &Global, command: Snapshot) -> Result<()> {
     match command {
         Snapshot::Save { file } => save(global, &file).await,
+        Snapshot::Status { file } if file.is_dir() => super::backup::print_coverage(global, &file),
         Snapshot::Status { file } => {
             let summary = tokio::task::spawn_blocking(move || keel_store::backup::inspect(&file)).await??;
             print_summary(global.write_out, &summary);
@@ -83,6 +89,15 @@ async fn save(global: &Global, file: &Path) -> Result<()> {
         bail!("{} already exists; choose a new file name", file.display());
     }
     let client = Client::connect(global).await?;
+    let (url, bytes) = save_from(&client, file).await?;
+    eprintln!("received {} from {url}", human_bytes(bytes));
+    println!("Snapshot saved at {}", file.display());
+    Ok(())
+}
+
+/// Saves a snapshot of one of the client's endpoints to `file` (through `FILE.part`, synced and
+/// verified before the rename); the endpoint's URL and the bytes received.
+pub(super) async fn save_from(client: &Client, file: &Path) -> Result<(String, u64)> {
     let (url, channel) = client.any_endpoint().await?;
     let part = part_path(file);
     let mut out = std::fs::OpenOptions::new()
@@ -90,7 +105,7 @@ async fn save(global: &Global, file: &Path) -> Result<()> {
         .create_new(true)
         .open(&part)
         .with_context(|| format!("creating {} (a save may be running, or was interrupted)", part.display()))?;
-    let written = receive(&client, channel, &mut out).await;
+    let written = receive(client, channel, &mut out).await;
     let finished = written.and_then(|bytes| {
         out.sync_all().context("syncing the snapshot")?;
         drop(out);
@@ -102,11 +117,7 @@ async fn save(global: &Global, file: &Path) -> Result<()> {
         Ok(bytes)
     });
     match finished {
-        Ok(bytes) => {
-            eprintln!("received {} from {url}", human_bytes(bytes));
-            println!("Snapshot saved at {}", file.display());
-            Ok(())
-        }
+        Ok(bytes) => Ok((url, bytes)),
         Err(err) => {
             let _ = std::fs::remove_file(&part);
             Err(err)
@@ -161,7 +172,22 @@ async fn restore(global: &Global, args: RestoreArgs) -> Result<()> {
         );
     }
     let (file, data_dir) = (args.file.clone(), args.data_dir.clone());
-    let summary = tokio::task::spawn_blocking(move || keel_store::backup::restore(&file, &data_dir)).await??;
+    let summary = match (file.is_dir(), args.to_revision) {
+        (true, Some(revision)) => {
+            tokio::task::spawn_blocking(move || keel_store::backup::restore_to_revision(&file, revision, &data_dir))
+                .await??
+        }
+        (true, None) => bail!(
+            "{} is a backup directory: give --to-revision (see `keel ctl snapshot status {}` for what it covers)",
+            file.display(),
+            file.display()
+        ),
+        (false, Some(_)) => bail!(
+            "--to-revision needs a backup directory kept by `keel ctl backup --follow`; {} is a single snapshot",
+            file.display()
+        ),
+        (false, None) => tokio::task::spawn_blocking(move || keel_store::backup::restore(&file, &data_dir)).await??,
+    };
     let member_ids: Vec<u64> =
         members.iter().map(|(_, urls)| keel_store::server::member_id(urls, &args.initial_cluster_token)).collect();
     let member_id = keel_store::server::member_id(&own, &args.initial_cluster_token);
@@ -183,7 +209,7 @@ async fn restore(global: &Global, args: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "restored snapshot {} to {}: revision {}, {} keys, {} leases, {} users",
+        "restored {} to {}: revision {}, {} keys, {} leases, {} users",
         args.file.display(),
         args.data_dir.display(),
         summary.revision,

@@ -138,6 +138,10 @@ pub enum StoreError {
     /// A change that would lock administrators out (deleting root, ...), or a bad grant range.
     #[error("invalid auth management")]
     InvalidAuthMgmt,
+    /// The NOSPACE alarm is raised (or this write would raise it): writes that grow the store
+    /// are refused until space is freed and the alarm disarmed.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
     /// The operation is not available in this build or configuration.
     #[error("{0}")]
     Unsupported(String),
@@ -168,6 +172,15 @@ pub enum StoreError {
     /// Too many Lock, Campaign or Observe calls are waiting on this member.
     #[error("too many lock and election waiters on this member")]
     TooManyWaiters,
+    /// A journal follower asked for log entries this member no longer holds (purged behind a Raft
+    /// snapshot); it needs a new base snapshot.
+    #[error("journal: log entries from index {requested} are purged on this member (first held: {first_held})")]
+    LogPurged {
+        /// The first index asked for.
+        requested: u64,
+        /// The first index this member holds.
+        first_held: u64,
+    },
 }
 
 impl From<MvccError> for StoreError {

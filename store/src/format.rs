@@ -23,6 +23,8 @@ pub const APPLIED_KEY: &[u8] = b"applied_log_id";
 pub const MEMBERSHIP_KEY: &[u8] = b"membership";
 /// `Meta` key of the members' published attributes (client URLs).
 pub const MEMBER_ATTRIBUTES_KEY: &[u8] = b"member_attributes";
+/// `Meta` key of the raised alarms.
+pub const ALARMS_KEY: &[u8] = b"alarms";
 /// `Meta` key present while a snapshot is being installed (holds the snapshot id).
 pub const INSTALLING_SNAPSHOT_KEY: &[u8] = b"installing_snapshot";
 

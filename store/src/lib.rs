@@ -9,6 +9,7 @@
 //! - `concurrency`: locks and leader elections (etcd's v3lock and v3election semantics), built on
 //!   proposals of ordinary transactions, linearizable reads and the watch hub.
 //! - `mvcc`, `lease`, `watch`, `auth`: the data model the state machine applies to.
+//! - `alarm`: cluster-wide alarms (NOSPACE) and which commands they refuse.
 //! - `backend`: ordered key-value storage (RocksDB, or memory for tests).
 //! - `backup`: snapshot files as backups: inspecting one, restoring one into a new data directory.
 //! - `tls`: rustls configurations for listeners and peer connections, reloaded on rotation, and the
@@ -17,6 +18,7 @@
 //! Invariant: every state change, lease expiry included, is a Raft log entry applied by the state
 //! machine; nothing else writes the state-machine column families.
 
+pub mod alarm;
 pub mod api;
 pub mod auth;
 pub mod backend;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ctl;
 pub mod pki;
 
 use std::path::{Path, PathBuf};

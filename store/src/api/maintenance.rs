@@ -1,5 +1,11 @@
-//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader, Snapshot; alarm listing (no
-//! alarms exist yet). Defragment, Downgrade and alarm changes answer Unimplemented.
+//! etcd's Maintenance service: Status, Hash, HashKV, MoveLeader, Snapshot, Alarm (list, raise,
+//! disarm — changes go through the log; see `crate::server` quota), Defragment.
+//! Downgrade answers Unimplemented.
+//!
+//! Defragment is a member-local, admin-only full compaction of the storage backend
+//! ([`crate::backend::Backend::defragment`]): it changes no data and, unlike etcd's (which
+//! rewrites bbolt with writes blocked), it is online: writes and reads go on while it runs. It
+//! runs on a blocking thread, at most one at a time per member; further requests wait their turn.
 //!
 //! Snapshot streams a Keel snapshot file (the format Raft snapshots use, checksummed end to end)
 //! built from a RocksDB checkpoint, so apply and writes go on while it is built and sent. At most
@@ -13,6 +19,7 @@ use keel_proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
 use super::{Api, observe};
+use crate::alarm::{AlarmAction, AlarmKind, AlarmMember};
 use crate::error::StoreError;
 use crate::server::VERSION;
 
@@ -20,11 +27,15 @@ use crate::server::VERSION;
 #[derive(Clone, Debug)]
 pub struct MaintenanceService {
     api: Arc<Api>,
+    /// Held for the whole of a defragmentation (moved into its blocking task, so it stays held
+    /// even if the client gives up): one at a time per member, because a second one would only
+    /// redo the same work and double the disk load; a second request waits for the lock.
+    defrag_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MaintenanceService {
     pub(super) fn new(api: Arc<Api>) -> Self {
-        Self { api }
+        Self { api, defrag_lock: Arc::new(tokio::sync::Mutex::new(())) }
     }
 }
 
@@ -49,10 +60,43 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             let caller = self.api.caller(&request)?;
             self.api.auth().check_authenticated(caller.as_deref())?;
             let req = request.into_inner();
-            if req.action != pb::alarm_request::AlarmAction::Get as i32 {
-                return Err(unsupported("activating or deactivating alarms"));
-            }
-            Ok(Response::new(pb::AlarmResponse { header: self.api.current_header(), alarms: Vec::new() }))
+            let listed = |alarms: Vec<AlarmMember>| {
+                alarms
+                    .into_iter()
+                    .map(|alarm| pb::AlarmMember { member_id: alarm.member, alarm: alarm.kind.number() })
+                    .collect()
+            };
+            let action = pb::alarm_request::AlarmAction::try_from(req.action)
+                .map_err(|_| StoreError::Unsupported(format!("unknown alarm action {}", req.action)))?;
+            let action = match action {
+                pb::alarm_request::AlarmAction::Get => {
+                    // Only what this member has applied, as etcd answers from its local alarm store.
+                    let alarms = self.api.member.core().alarms();
+                    let alarms = alarms
+                        .into_iter()
+                        .filter(|alarm| {
+                            (req.member_id == 0 || alarm.member == req.member_id)
+                                && (req.alarm == 0 || alarm.kind.number() == req.alarm)
+                        })
+                        .collect();
+                    return Ok(Response::new(pb::AlarmResponse {
+                        header: self.api.current_header(),
+                        alarms: listed(alarms),
+                    }));
+                }
+                pb::alarm_request::AlarmAction::Activate => AlarmAction::Activate,
+                pb::alarm_request::AlarmAction::Deactivate => AlarmAction::Deactivate,
+            };
+            self.api.auth().check_admin(caller.as_deref())?;
+            let kind = AlarmKind::from_number(req.alarm).ok_or_else(|| {
+                StoreError::Unsupported(format!("alarm type {} cannot be raised or cleared", req.alarm))
+            })?;
+            let changed = self
+                .api
+                .member
+                .change_alarm(caller.as_deref(), action, AlarmMember { member: req.member_id, kind })
+                .await?;
+            Ok(Response::new(pb::AlarmResponse { header: self.api.current_header(), alarms: listed(changed) }))
         })
         .await
     }
@@ -70,7 +114,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 raft_index: status.raft_index,
                 raft_term: status.raft_term,
                 raft_applied_index: status.raft_applied_index,
-                errors: Vec::new(),
+                errors: self.api.member.core().alarms().iter().map(ToString::to_string).collect(),
                 db_size_in_use: status.db_size_in_use,
                 is_learner: status.is_learner,
             }))
@@ -80,9 +124,46 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unsupported("defragment"))
+        observe("Defragment", async {
+            let caller = self.api.caller(&request)?;
+            self.api.auth().check_admin(caller.as_deref())?;
+            let guard = self.defrag_lock.clone().lock_owned().await;
+            let core = self.api.member.core().clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                // Held until the backend returns, even if the client has gone away meanwhile.
+                let _guard = guard;
+                let backend = core.backend();
+                let size_before = backend.size_bytes();
+                let started = std::time::Instant::now();
+                tracing::info!(db_size = size_before, "defragmenting the backend");
+                let result = backend.defragment();
+                let elapsed = started.elapsed();
+                match &result {
+                    Ok(()) => tracing::info!(
+                        db_size_before = size_before,
+                        db_size_after = backend.size_bytes(),
+                        db_size_in_use = backend.size_in_use_bytes(),
+                        ?elapsed,
+                        "defragmented the backend"
+                    ),
+                    Err(err) => tracing::error!(
+                        db_size_before = size_before,
+                        db_size_after = backend.size_bytes(),
+                        ?elapsed,
+                        error = %err,
+                        "defragmenting the backend failed"
+                    ),
+                }
+                result
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+            outcome.map_err(|e| StoreError::Internal(format!("defragment failed: {e}")))?;
+            Ok(Response::new(pb::DefragmentResponse { header: self.api.current_header() }))
+        })
+        .await
     }
 
     async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {

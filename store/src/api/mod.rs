@@ -3,8 +3,8 @@
 //! API boundary: this is the only module that knows protobuf or gRPC. It validates requests with
 //! etcd's rules, converts them to domain types, hands writes to the member's proposer and reads to
 //! MVCC, and maps every error through one table (`status`). Besides `etcdserverpb` it serves
-//! etcd's `v3lockpb` and `v3electionpb` (over `crate::concurrency`). Absent on purpose until their
-//! issues land: Defragment, Downgrade and alarm changes.
+//! etcd's `v3lockpb` and `v3electionpb` (over `crate::concurrency`), and Keel's own
+//! `keeljournal` (the committed log, for point-in-time backups). Absent on purpose: Downgrade.
 //!
 //! Auth: each handler resolves its caller (`Api::caller`: token, else client-certificate CN) and
 //! either proposes on the caller's behalf (apply checks permissions) or checks the local auth state
@@ -16,6 +16,7 @@ mod connection;
 mod convert;
 mod election;
 mod hpack;
+mod journal;
 mod kv;
 mod lease;
 mod lock;
@@ -187,6 +188,10 @@ pub async fn serve(
         keel_proto::v3electionpb::election_server::ElectionServer::new(election::ElectionService::new(api.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX);
+    let journal =
+        keel_proto::keeljournal::journal_server::JournalServer::new(journal::JournalService::new(api.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX);
     let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(api))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
@@ -203,6 +208,7 @@ pub async fn serve(
         .add_service(auth)
         .add_service(lock)
         .add_service(election)
+        .add_service(journal)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -24,7 +24,10 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::EmptyName
         | StoreError::LeaseNotProvided
         | StoreError::NotLockKey(_) => Code::InvalidArgument,
-        StoreError::Compacted { .. } | StoreError::FutureRevision | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
+        StoreError::Compacted { .. }
+        | StoreError::FutureRevision
+        | StoreError::LeaseTtlTooLarge
+        | StoreError::LogPurged { .. } => Code::OutOfRange,
         StoreError::LeaseNotFound | StoreError::MemberNotFound | StoreError::ElectionNoLeader => Code::NotFound,
         StoreError::LeaseExists
         | StoreError::NotLeader
@@ -45,7 +48,7 @@ pub fn code(err: &StoreError) -> Code {
         | StoreError::LockNotHeld(_)
         | StoreError::ElectionNotLeader
         | StoreError::SessionExpired => Code::FailedPrecondition,
-        StoreError::TooManyWaiters => Code::ResourceExhausted,
+        StoreError::TooManyWaiters | StoreError::NoSpace => Code::ResourceExhausted,
         StoreError::PermissionDenied => Code::PermissionDenied,
         StoreError::InvalidAuthToken => Code::Unauthenticated,
         StoreError::NoLeader | StoreError::LeaderChanged | StoreError::Timeout | StoreError::Stopped => {
@@ -85,6 +88,7 @@ mod tests {
             (StoreError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
             (StoreError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
             (StoreError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (StoreError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
             (StoreError::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
             (StoreError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
             (StoreError::MemberNotFound, Code::NotFound, "etcdserver: member not found"),

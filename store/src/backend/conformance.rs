@@ -154,6 +154,65 @@ fn a_new_cursor_sees_every_completed_write(backend: &dyn Backend) {
     assert_eq!(cursor.entry(), None);
 }
 
+/// Values that compress no better than random data (the backend compresses with LZ4 and Zstd, so
+/// repetitive values would hide how much space deleted data takes): xorshift64 output.
+fn incompressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn everything(backend: &dyn Backend) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+    let mut all = Vec::new();
+    backend
+        .export(&Cf::ALL, &mut |cf, k, v| {
+            all.push((cf, k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    all
+}
+
+fn defragment_changes_no_data(backend: &dyn Backend) {
+    // Puts, overwrites, deletes and a range delete across several column families, so there is
+    // garbage of every kind for the defragmentation to drop.
+    for round in 0..3u64 {
+        let mut batch = WriteBatch::new();
+        for i in 0..500u64 {
+            let key = format!("key/{i:05}").into_bytes();
+            batch.put(Cf::Revs, key.clone(), incompressible(round * 1000 + i, 100));
+            batch.put(Cf::Index, key, round.to_be_bytes().to_vec());
+        }
+        backend.write(batch, Durability::Buffered).unwrap();
+    }
+    let mut batch = WriteBatch::new();
+    for i in (0..500u64).step_by(3) {
+        batch.delete(Cf::Revs, format!("key/{i:05}").into_bytes());
+    }
+    batch.delete_range(Cf::Index, b"key/00100".to_vec(), b"key/00200".to_vec());
+    batch.put(Cf::Meta, b"m".to_vec(), b"kept".to_vec());
+    backend.write(batch, Durability::Synced).unwrap();
+    let before = everything(backend);
+
+    backend.defragment().unwrap();
+    assert_eq!(everything(backend), before, "defragmenting changed the data");
+    assert_eq!(collect_forward(backend, Cf::Revs).len(), 500 - 167);
+    assert_eq!(backend.get(Cf::Index, b"key/00150").unwrap(), None);
+    assert_eq!(backend.get(Cf::Meta, b"m").unwrap(), Some(b"kept".to_vec()));
+
+    // The backend goes on working normally afterwards.
+    put(backend, Cf::Revs, &[(b"after", b"1")]);
+    assert_eq!(backend.get(Cf::Revs, b"after").unwrap(), Some(b"1".to_vec()));
+    backend.defragment().unwrap();
+    assert_eq!(backend.get(Cf::Revs, b"after").unwrap(), Some(b"1".to_vec()));
+}
+
 fn prefix_end_is_the_least_upper_bound() {
     assert_eq!(prefix_end(b"abc"), Some(b"abd".to_vec()));
     assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
@@ -195,6 +254,7 @@ conformance!(
     export_sees_one_point_in_time,
     checkpoint_export_sees_one_point_in_time_and_cleans_up,
     a_new_cursor_sees_every_completed_write,
+    defragment_changes_no_data,
 );
 
 #[test]
@@ -211,4 +271,38 @@ fn rocksdb_data_survives_reopen() {
     }
     let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
     assert_eq!(backend.get(Cf::RaftLog, b"1").unwrap(), Some(b"entry".to_vec()));
+}
+
+#[test]
+fn rocksdb_defragment_reclaims_the_space_of_deleted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
+    const KEYS: u64 = 4_000;
+    for chunk in 0..KEYS / 500 {
+        let mut batch = WriteBatch::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            batch.put(Cf::Revs, i.to_be_bytes().to_vec(), incompressible(i, 2048));
+        }
+        backend.write(batch, Durability::Buffered).unwrap();
+    }
+    // The first pass moves everything into table files (the memtable is flushed), so the deletes
+    // below shadow data on disk rather than in memory.
+    backend.defragment().unwrap();
+    let full = backend.size_bytes();
+    assert!(full > KEYS * 2048 * 9 / 10, "the data takes its size on disk: {full} bytes");
+
+    // Delete nine keys in ten: the data stays on disk, shadowed by tombstones, until compacted.
+    let mut batch = WriteBatch::new();
+    for i in (0..KEYS).filter(|i| i % 10 != 0) {
+        batch.delete(Cf::Revs, i.to_be_bytes().to_vec());
+    }
+    backend.write(batch, Durability::Synced).unwrap();
+    let deleted = backend.size_bytes();
+    assert!(deleted >= full, "deleting alone reclaims nothing: {deleted} < {full}");
+
+    backend.defragment().unwrap();
+    let defragmented = backend.size_bytes();
+    assert!(defragmented < full / 5, "defragmenting should leave about a tenth of {full} bytes, left {defragmented}");
+    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, KEYS / 10);
+    assert_eq!(backend.get(Cf::Revs, &10u64.to_be_bytes()).unwrap(), Some(incompressible(10, 2048)));
 }

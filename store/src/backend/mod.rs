@@ -11,7 +11,8 @@
 //! - a write with [`Durability::Synced`], or a successful [`Backend::flush_wal`], makes that write and
 //!   every write before it durable;
 //! - writes become visible to reads in the order they were issued (the WAL is a single sequence), so a
-//!   recovered state is always a prefix of the writes issued.
+//!   recovered state is always a prefix of the writes issued;
+//! - [`Backend::defragment`] changes no data, only the space it takes.
 
 mod memory;
 mod rocks;
@@ -270,6 +271,15 @@ pub trait Backend: Send + Sync + 'static {
     fn size_in_use_bytes(&self) -> u64 {
         self.size_bytes()
     }
+
+    /// Reclaims the space held by deleted and overwritten data (etcd's defragmentation), so
+    /// [`Backend::size_bytes`] shrinks after an MVCC compaction removed history.
+    ///
+    /// Online: reads and writes go on while it runs and are never blocked by it, and it changes
+    /// no key or value (what cursors, gets and exports return is the same before and after). It
+    /// may take long on a large store and uses disk bandwidth, so callers run it on a blocking
+    /// thread and one at a time.
+    fn defragment(&self) -> Result<(), BackendError>;
 }
 
 /// Prefix of the directories [`Backend::export_checkpoint`] creates; leftovers from a crash can be

@@ -4,14 +4,16 @@
 //! - a single WAL orders every write across column families, and recovery uses point-in-time mode, so
 //!   a recovered database is always a prefix of the writes issued (an acknowledged, synced write is
 //!   never lost and nothing after a lost write survives);
-//! - synced writes use `WriteOptions::set_sync(true)`; `flush_wal` is `FlushWAL(sync = true)`.
+//! - synced writes use `WriteOptions::set_sync(true)`; `flush_wal` is `FlushWAL(sync = true)`;
+//! - `defragment` is a full manual compaction of every column family that never excludes
+//!   automatic compactions, so writes go on (and L0 files keep being merged) while it runs.
 
 use std::path::{Path, PathBuf};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator,
-    DBRecoveryMode, Options, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBCompressionType, DBRawIterator, DBRecoveryMode, Options, WriteOptions,
 };
 
 use super::{Backend, BackendError, BatchOp, CHECKPOINT_DIR_PREFIX, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
@@ -83,6 +85,11 @@ impl RocksBackend {
         &self.path
     }
 
+    /// Background errors (failed flushes and compactions) since the database opened.
+    fn background_errors(&self) -> u64 {
+        self.db.property_int_value("rocksdb.background-errors").ok().flatten().unwrap_or(0)
+    }
+
     fn handle(&self, cf: Cf) -> &ColumnFamily {
         // Every Cf is created at open (`create_missing_column_families`), so a missing handle is a
         // programming error in this module, not a runtime condition.
@@ -90,8 +97,13 @@ impl RocksBackend {
         self.db.cf_handle(cf.name()).expect("every column family is created when the database opens")
     }
 
+    /// Sums a size property over the state-machine column families: like etcd's database size,
+    /// the sizes leave out the Raft log (etcd's WAL), which is purged on its own schedule.
     fn sum_property(&self, name: &str) -> u64 {
-        Cf::ALL.iter().filter_map(|&cf| self.db.property_int_value_cf(self.handle(cf), name).ok().flatten()).sum()
+        Cf::STATE_MACHINE
+            .iter()
+            .filter_map(|&cf| self.db.property_int_value_cf(self.handle(cf), name).ok().flatten())
+            .sum()
     }
 }
 
@@ -186,6 +198,35 @@ impl Backend for RocksBackend {
 
     fn size_in_use_bytes(&self) -> u64 {
         self.sum_property("rocksdb.live-sst-files-size") + self.sum_property("rocksdb.size-all-mem-tables")
+    }
+
+    fn defragment(&self) -> Result<(), BackendError> {
+        let mut opts = CompactOptions::default();
+        // Deletes only shadow the data below them until a compaction reaches the level holding
+        // that data, and after a long life most data sits in the bottommost level, which a
+        // default manual compaction skips: force it, or nothing is reclaimed.
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        // An exclusive manual compaction would hold back automatic ones, letting L0 files from
+        // ongoing writes pile up until RocksDB slows and then stops writes.
+        opts.set_exclusive_manual_compaction(false);
+        let errors_before = self.background_errors();
+        for cf in Cf::ALL {
+            let started = std::time::Instant::now();
+            // The whole key range; the memtable is flushed first, so recent deletes count too.
+            self.db.compact_range_cf_opt(self.handle(cf), None::<&[u8]>, None::<&[u8]>, &opts);
+            tracing::debug!(cf = cf.name(), elapsed = ?started.elapsed(), "column family compacted");
+            // RocksDB's C API drops the compaction's status; a failed compaction (or flush) is
+            // counted among the background errors, so that is where a failure shows.
+            let errors = self.background_errors();
+            if errors > errors_before {
+                return Err(BackendError::Engine(format!(
+                    "compacting column family {} failed ({} new background error(s); see RocksDB's LOG)",
+                    cf.name(),
+                    errors - errors_before
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,11 @@ use crate::lease::Lessor;
 use crate::mvcc::{Mvcc, RangeRequest};
 use crate::raft::snapshot;
 
+pub mod journal;
+mod pitr;
+
+pub use pitr::restore_to_revision;
+
 /// Records written per batch while restoring.
 const RESTORE_BATCH: usize = 10_000;
 /// Name of the database directory inside a data directory (what `Member::start` opens).
@@ -69,6 +74,9 @@ pub enum BackupError {
     /// The restored data does not open.
     #[error("the restored data does not open: {0}")]
     Store(String),
+    /// A point-in-time backup directory cannot give the state asked for.
+    #[error("{0}")]
+    Journal(String),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BackupError {
@@ -117,41 +125,32 @@ pub fn inspect(path: &Path) -> Result<SnapshotSummary, BackupError> {
     summarize(backend, size)
 }
 
+/// The log index and store revision a snapshot file's state is at, reading the file end to end
+/// (checked) without holding its data.
+pub fn position(path: &Path) -> Result<(u64, i64), BackupError> {
+    let mut revision = None;
+    let meta = snapshot::for_each_record(path, |cf, key, value| {
+        if cf == Cf::Meta && key == format::CURRENT_REVISION_KEY {
+            revision = value.try_into().ok().map(i64::from_be_bytes);
+        }
+        Ok(())
+    })
+    .map_err(|err| file_error(path, err))?;
+    let index = meta.last_log_id.map_or(0, |id| id.index());
+    Ok((index, revision.unwrap_or(crate::mvcc::INITIAL_REVISION)))
+}
+
 /// Builds a member data directory at `data_dir` from the snapshot at `path`. The member started
 /// on it with `--initial-cluster-state new` founds a new cluster holding the snapshot's data.
 pub fn restore(path: &Path, data_dir: &Path) -> Result<SnapshotSummary, BackupError> {
     check_target(data_dir)?;
-    let size = std::fs::metadata(path).map_err(io_error(format!("reading {}", path.display())))?.len();
-    snapshot::verify(path).map_err(|err| file_error(path, err))?;
+    let size = verify_file(path)?;
 
     std::fs::create_dir_all(data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
     let building = data_dir.join(RESTORING_DIR);
     let summary = (|| {
         let backend = Arc::new(RocksBackend::open(&building, &RocksOptions::default()).map_err(store_error)?);
-        let mut batch = WriteBatch::new();
-        let mut pending = 0;
-        let mut failed: Option<BackendError> = None;
-        snapshot::for_each_record(path, |cf, key, value| {
-            if cf == Cf::Meta && is_cluster_specific(&key) {
-                return Ok(());
-            }
-            batch.put(cf, key, value);
-            pending += 1;
-            if pending == RESTORE_BATCH {
-                pending = 0;
-                if let Err(err) = backend.write(std::mem::take(&mut batch), Durability::Buffered) {
-                    failed = Some(err);
-                    return Err(io::Error::other("writing the restored data failed"));
-                }
-            }
-            Ok(())
-        })
-        .map_err(|err| match failed.take() {
-            Some(backend_err) => store_error(backend_err),
-            None => file_error(path, err),
-        })?;
-        backend.write(batch, Durability::Synced).map_err(store_error)?;
-        format::check_or_init(&*backend).map_err(store_error)?;
+        load_snapshot(path, &*backend, |cf, key| !(cf == Cf::Meta && CLUSTER_SPECIFIC_KEYS.contains(&key)))?;
         backend.flush_wal().map_err(store_error)?;
         summarize(backend, size)
     })();
@@ -170,9 +169,49 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<SnapshotSummary, BackupEr
 }
 
 /// Metadata that belongs to the old cluster's Raft group, not to the data.
-fn is_cluster_specific(key: &[u8]) -> bool {
-    [format::APPLIED_KEY, format::MEMBERSHIP_KEY, format::MEMBER_ATTRIBUTES_KEY, format::INSTALLING_SNAPSHOT_KEY]
-        .contains(&key)
+const CLUSTER_SPECIFIC_KEYS: [&[u8]; 5] = [
+    format::APPLIED_KEY,
+    format::MEMBERSHIP_KEY,
+    format::MEMBER_ATTRIBUTES_KEY,
+    format::INSTALLING_SNAPSHOT_KEY,
+    // Alarms name the old cluster's member ids; the new members raise their own.
+    format::ALARMS_KEY,
+];
+
+/// Checks a snapshot file end to end; its size.
+fn verify_file(path: &Path) -> Result<u64, BackupError> {
+    let size = std::fs::metadata(path).map_err(io_error(format!("reading {}", path.display())))?.len();
+    snapshot::verify(path).map_err(|err| file_error(path, err))?;
+    Ok(size)
+}
+
+/// Writes the records of a (verified) snapshot file that `keep` accepts into `backend`, synced,
+/// and marks the data with the format version.
+fn load_snapshot(path: &Path, backend: &dyn Backend, keep: impl Fn(Cf, &[u8]) -> bool) -> Result<(), BackupError> {
+    let mut batch = WriteBatch::new();
+    let mut pending = 0;
+    let mut failed: Option<BackendError> = None;
+    snapshot::for_each_record(path, |cf, key, value| {
+        if !keep(cf, &key) {
+            return Ok(());
+        }
+        batch.put(cf, key, value);
+        pending += 1;
+        if pending == RESTORE_BATCH {
+            pending = 0;
+            if let Err(err) = backend.write(std::mem::take(&mut batch), Durability::Buffered) {
+                failed = Some(err);
+                return Err(io::Error::other("writing the restored data failed"));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|err| match failed.take() {
+        Some(backend_err) => store_error(backend_err),
+        None => file_error(path, err),
+    })?;
+    backend.write(batch, Durability::Synced).map_err(store_error)?;
+    format::check_or_init(backend).map_err(store_error)
 }
 
 /// Refuses a target that holds anything but a volume root's `lost+found`.

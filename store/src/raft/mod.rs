@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
 pub use snapshot::{PARTIAL_SUFFIX as PARTIAL_SNAPSHOT_SUFFIX, SnapshotFile, name as snapshot_name};
-pub use state_machine::{MemberAttributes, StateMachine, StoreCore};
+pub use state_machine::{MemberAttributes, RevisionLimitReached, StateMachine, StoreCore};
 
+use crate::alarm::{AlarmAction, AlarmMember};
 use crate::auth::AuthOp;
 use crate::error::StoreError;
 use crate::mvcc::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
@@ -91,6 +92,14 @@ pub enum Command {
         /// The command (never itself `AsUser`).
         command: Box<Command>,
     },
+    /// Raise or clear an alarm (`NOSPACE` raised by a member over its quota, cleared by an
+    /// operator's disarm). While NOSPACE is raised, commands that grow the store are refused.
+    Alarm {
+        /// Raise or clear.
+        action: AlarmAction,
+        /// The alarm and the member it is for.
+        alarm: AlarmMember,
+    },
 }
 
 impl Command {
@@ -117,6 +126,7 @@ impl fmt::Display for Command {
             Command::PublishMember { id, .. } => write!(f, "publish member {id:x}"),
             Command::Auth(op) => write!(f, "{}", op.describe()),
             Command::AsUser { user, command } => write!(f, "{command} as {user:?}"),
+            Command::Alarm { action, alarm } => write!(f, "alarm {action:?} {alarm}"),
         }
     }
 }
@@ -157,6 +167,11 @@ pub enum CommandResponse {
     Auth {
         /// Store revision.
         revision: i64,
+    },
+    /// An alarm change was applied.
+    Alarm {
+        /// The alarm raised or cleared; empty when the change was a no-op.
+        changed: Vec<AlarmMember>,
     },
 }
 

@@ -12,9 +12,10 @@
 //! - a snapshot install first records a marker (synced), then replaces the data, then clears the
 //!   marker (synced); a member that crashes mid-install finishes the install when it restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, TryStreamExt};
@@ -27,6 +28,7 @@ use super::snapshot::{self, SnapshotFile};
 use super::{
     Command, CommandResponse, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
 };
+use crate::alarm::{self, AlarmAction, AlarmKind, AlarmMember};
 use crate::auth::AuthStore;
 use crate::backend::{Backend, Cf, Durability, WriteBatch};
 use crate::error::StoreError;
@@ -49,6 +51,7 @@ struct Applied {
     log_id: Option<LogId>,
     membership: StoredMembership,
     members: BTreeMap<u64, MemberAttributes>,
+    alarms: BTreeSet<AlarmMember>,
 }
 
 /// Why the store's state could not be opened.
@@ -79,7 +82,17 @@ pub struct StoreCore {
     /// backend write; read by status queries. Short critical sections only.
     applied: Mutex<Applied>,
     snapshot_dir: PathBuf,
+    /// The highest revision apply may create: `i64::MAX` on a member; a point-in-time restore
+    /// replaying a journal sets it to the target, and apply stops with [`RevisionLimitReached`]
+    /// instead of committing past it.
+    revision_limit: AtomicI64,
 }
+
+/// Apply stopped because the next change would pass the revision limit (point-in-time restore);
+/// carried inside the `io::Error` apply returns.
+#[derive(Debug, thiserror::Error)]
+#[error("replay reached the target revision {0}")]
+pub struct RevisionLimitReached(pub i64);
 
 impl std::fmt::Debug for StoreCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +140,7 @@ impl StoreCore {
             hub,
             applied: Mutex::new(Applied::default()),
             snapshot_dir: snapshot_dir.to_path_buf(),
+            revision_limit: AtomicI64::new(i64::MAX),
         });
         core.load_applied()?;
         Ok(core)
@@ -137,7 +151,8 @@ impl StoreCore {
         let log_id = get(format::APPLIED_KEY)?.map(|b| decode::<LogId>(&b)).transpose()?;
         let membership = get(format::MEMBERSHIP_KEY)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
         let members = get(format::MEMBER_ATTRIBUTES_KEY)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
-        *self.lock_applied() = Applied { log_id, membership, members };
+        let alarms = get(format::ALARMS_KEY)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        *self.lock_applied() = Applied { log_id, membership, members, alarms };
         Ok(())
     }
 
@@ -190,6 +205,16 @@ impl StoreCore {
         self.lock_applied().members.clone()
     }
 
+    /// The raised alarms, as of the last applied entry.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.lock_applied().alarms.iter().copied().collect()
+    }
+
+    /// True while NOSPACE is raised by any member.
+    pub fn out_of_space(&self) -> bool {
+        self.lock_applied().alarms.iter().any(|alarm| alarm.kind == AlarmKind::NoSpace)
+    }
+
     fn applied_batch(log_id: &LogId) -> io::Result<WriteBatch> {
         let mut batch = WriteBatch::new();
         batch.put(Cf::Meta, format::APPLIED_KEY, encode(log_id)?);
@@ -203,8 +228,18 @@ impl StoreCore {
         Ok(())
     }
 
+    /// Makes apply refuse (with [`RevisionLimitReached`]) any change that would create a revision
+    /// above `revision`. Only for replaying a journal into a restored store.
+    pub fn set_revision_limit(&self, revision: i64) {
+        self.revision_limit.store(revision, Ordering::Release);
+    }
+
     /// Commits a transaction together with `extra` and publishes its events; returns the revision.
     fn commit(&self, txn: WriteTxn<'_>, extra: WriteBatch) -> io::Result<i64> {
+        let limit = self.revision_limit.load(Ordering::Acquire);
+        if txn.has_changes() && txn.revision() > limit {
+            return Err(io::Error::other(RevisionLimitReached(limit)));
+        }
         let committed = txn.commit(extra, Durability::Buffered).map_err(io_err)?;
         if !committed.events.is_empty() {
             self.hub.publish(committed.revision, &committed.events);
@@ -238,6 +273,11 @@ impl StoreCore {
                 auth.check_lease_keys(caller, *id, &lease_keys)
             }
             Command::LeaseGrant { .. } => auth.check_authenticated(caller),
+            // An operator's alarm change needs admin; a member raising its own carries no user.
+            Command::Alarm { .. } => match caller {
+                Some(_) => auth.check_admin(caller),
+                None => Ok(()),
+            },
             // Auth changes check themselves (`AuthState::apply`); the rest are the members' own.
             Command::Auth(_) | Command::LeaseExpire { .. } | Command::PublishMember { .. } => Ok(()),
             Command::AsUser { .. } => Err(StoreError::Internal("nested AsUser command".into())),
@@ -251,7 +291,13 @@ impl StoreCore {
             Command::AsUser { user, command } => (Some(user), *command),
             command => (None, command),
         };
-        let result = match self.authorize(caller.as_deref(), &command) {
+        let allowed = self.authorize(caller.as_deref(), &command).and_then(|()| {
+            if self.out_of_space() && alarm::grows_store(&command) {
+                return Err(StoreError::NoSpace);
+            }
+            Ok(())
+        });
+        let result = match allowed {
             Ok(()) => self.apply_authorized(caller.as_deref(), command, log_id)?,
             Err(refused) => Err(refused),
         };
@@ -363,6 +409,22 @@ impl StoreCore {
                 }
                 Err(refused) => Err(refused),
             },
+            Command::Alarm { action, alarm } => {
+                let mut alarms = self.lock_applied().alarms.clone();
+                let changed = match action {
+                    AlarmAction::Activate => alarms.insert(alarm),
+                    AlarmAction::Deactivate => alarms.remove(&alarm),
+                };
+                let mut batch = WriteBatch::new();
+                batch.put(Cf::Meta, format::ALARMS_KEY, encode(&alarms)?);
+                batch.extend(applied);
+                self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
+                if changed {
+                    tracing::warn!(?action, %alarm, "alarm changed");
+                }
+                self.lock_applied().alarms = alarms;
+                Ok(CommandResponse::Alarm { changed: if changed { vec![alarm] } else { Vec::new() } })
+            }
             Command::AsUser { .. } => Err(StoreError::Internal("nested AsUser command".into())),
         };
         Ok(result)

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::compactor::{AutoCompactionMode, AutoCompactionRetention};
 use crate::tls::{ClientAuth, ClientTls, ServerTls, TlsError, TlsFiles};
+
+/// etcd's default backend quota: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 
 /// Whether the member founds a new cluster or joins an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +65,12 @@ pub struct StoreConfig {
     pub election_timeout: Duration,
     /// Applied entries between snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// What `auto_compaction_retention` measures (`--auto-compaction-mode`, etcd's default periodic).
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// History the leader keeps when compacting automatically (`--auto-compaction-retention`): a
+    /// duration in periodic mode (a bare integer is hours), a revision count in revision mode; 0,
+    /// the default, disables auto compaction.
+    pub auto_compaction_retention: AutoCompactionRetention,
     /// Interval of watch progress notifications (`--experimental-watch-progress-notify-interval`).
     pub watch_progress_notify_interval: Duration,
     /// Storage backend.
@@ -79,6 +89,9 @@ pub struct StoreConfig {
     /// Most Lock and Campaign calls waiting on this member at once, and separately most Observe
     /// streams (`--max-lock-waiters`); each holds one watch-hub stream.
     pub max_lock_waiters: usize,
+    /// Raise the NOSPACE alarm when the state-machine data would grow past this many bytes
+    /// (`--quota-backend-bytes`; etcd's default, 2 GiB, when 0).
+    pub quota_backend_bytes: u64,
 }
 
 impl StoreConfig {
@@ -99,6 +112,8 @@ impl StoreConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
+            auto_compaction_mode: AutoCompactionMode::Periodic,
+            auto_compaction_retention: AutoCompactionRetention::Count(0),
             watch_progress_notify_interval: Duration::from_secs(600),
             backend: BackendKind::RocksDb,
             client_tls: TlsFiles::default(),
@@ -107,6 +122,7 @@ impl StoreConfig {
             bcrypt_cost: 10,
             auth_token_ttl: Duration::from_secs(300),
             max_lock_waiters: 10_000,
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
         }
     }
 
@@ -175,6 +191,16 @@ pub enum ConfigError {
     /// A malformed `--initial-cluster`.
     #[error("invalid --initial-cluster: {0}")]
     InitialCluster(String),
+    /// A bad `--auto-compaction-mode` or `--auto-compaction-retention` value.
+    #[error("invalid {flag} {value:?}: {reason}")]
+    AutoCompaction {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 /// Resolves an `http://host:port` URL to socket addresses.

@@ -64,7 +64,14 @@ enum Local<T> {
 
 impl Member {
     /// Proposes a command and waits until it is applied, forwarding to the leader if needed.
+    /// Commands that would grow the store are first checked against the quota (`quota.rs`).
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, StoreError> {
+        self.check_quota(&command).await?;
+        self.forward_proposal(command).await
+    }
+
+    /// [`Member::propose`] without the quota check.
+    pub(super) async fn forward_proposal(&self, command: Command) -> Result<CommandResponse, StoreError> {
         let mut retry = Retry::new(self.request_timeout);
         loop {
             match self.try_propose_local(command.clone(), retry.remaining()).await {

@@ -5,18 +5,25 @@
 //! - `leases`: keep-alives and lookups (leader-local state, forwarded by followers) and the expiry
 //!   loop.
 //! - `membership`: membership changes (forwarded to the leader), leadership transfer, member lists.
+//! - `journal`: the committed log read back for point-in-time backup followers.
+//! - `quota`: `--quota-backend-bytes` (raising NOSPACE through the log) and alarm changes.
 //! - `leadership`: follows Raft's metrics to promote/demote the lease table, publish this member's
 //!   client URLs, and notice removal.
+//! - `compactor`: etcd's auto compaction (`--auto-compaction-mode`/`-retention`), run by the leader
+//!   and proposed through the log.
 //!
 //! Every proposal, barrier and forwarded call is bounded by the request timeout (5 s + 2 election
 //! timeouts, as in etcd). Background tasks are aborted by `shutdown` or when the member is dropped.
 
+mod compactor;
 mod config;
 mod forward;
+mod journal;
 mod leadership;
 mod leases;
 mod membership;
 mod metrics;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +36,11 @@ use openraft::{ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-pub use config::{BackendKind, ClusterState, ConfigError, StoreConfig, cluster_id, member_id, parse_url};
+pub use compactor::{AutoCompactionMode, AutoCompactionRetention};
+pub use config::{
+    BackendKind, ClusterState, ConfigError, DEFAULT_QUOTA_BACKEND_BYTES, StoreConfig, cluster_id, member_id, parse_url,
+};
+pub use journal::JournalRecord;
 
 use crate::backend::{Backend, Cf, Durability, MemBackend, RocksBackend, RocksOptions, WriteBatch};
 use crate::peer::{PeerNetwork, Peers};
@@ -144,6 +155,7 @@ impl Member {
     /// and client APIs are served separately (`peer::serve`, `api::serve`).
     pub async fn start(config: StoreConfig) -> Result<Arc<Self>, StartError> {
         let initial = config.initial_members()?;
+        let auto_compaction = compactor::policy(config.auto_compaction_mode, config.auto_compaction_retention)?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| storage_error(&data_dir, e))?;
         let backend: Arc<dyn Backend> = match config.backend {
@@ -228,12 +240,15 @@ impl Member {
             _syncer: syncer,
         });
         let weak = Arc::downgrade(&member);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(leadership::track(weak.clone())),
             tokio::spawn(leadership::publish(weak.clone())),
             tokio::spawn(leases::expire(weak.clone())),
-            tokio::spawn(metrics::refresh(weak)),
+            tokio::spawn(metrics::refresh(weak.clone())),
         ];
+        if let Some(policy) = auto_compaction {
+            tasks.push(tokio::spawn(compactor::run(weak, policy)));
+        }
         member.lock_tasks().extend(tasks);
         tracing::info!(name = %member.config.name, member_id = %format_args!("{member_id:x}"),
             cluster_id = %format_args!("{cluster_id:x}"), "member started");
