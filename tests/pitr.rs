@@ -40,14 +40,18 @@ fn follower(endpoints: &str, dir: &Path) -> Background {
     Background::start(cmd)
 }
 
-/// The last journal entry `snapshot status DIR` reports.
+/// The last log entry the backup directory covers, by its journal or its newest base, as
+/// `snapshot status DIR` reports them.
 fn journal_end(dir: &Path) -> u64 {
     let out = ctl(&["snapshot", "status", dir.to_str().unwrap(), "-w", "json"]);
     if !out.status.success() {
         return 0;
     }
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json status");
-    status["journal"].as_array().and_then(|runs| runs.last()).and_then(|run| run["last"].as_u64()).unwrap_or(0)
+    let last = |list: &str, field: &str| {
+        status[list].as_array().and_then(|items| items.last()).and_then(|item| item[field].as_u64()).unwrap_or(0)
+    };
+    last("journal", "last").max(last("bases", "index"))
 }
 
 /// Waits (bounded) until the journal holds every entry the members applied so far.
@@ -113,6 +117,8 @@ async fn restore_to_revision_matches_the_cluster_at_each_revision_across_followe
         client.put(format!("key/{i:02}"), format!("v{i}"), None).await.unwrap();
     }
     let mut follow = follower(&endpoints, &backup);
+    // The base is taken when the follower starts; what follows must be journaled.
+    wait_for_journal(&mut cluster, &backup).await;
 
     // Phase 1: overwrites, deletes, a transaction, a lease with a key, a user.
     for i in 0..10 {
@@ -201,4 +207,106 @@ async fn restore_to_revision_matches_the_cluster_at_each_revision_across_followe
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("beyond the end of the journal"), "{stderr}");
     assert!(!beyond.exists(), "a refused restore leaves no directory behind");
+}
+
+/// Asks the member to stream the journal from `from`; true once it answers that the entry is
+/// purged (the member compacted its log behind a Raft snapshot).
+async fn purged_on(url: &str, from: u64) -> bool {
+    use keel_proto::keeljournal::FollowRequest;
+    use keel_proto::keeljournal::journal_client::JournalClient;
+    let Ok(mut journal) = JournalClient::connect(url.to_string()).await else { return false };
+    matches!(
+        journal.follow(FollowRequest { from_index: from }).await,
+        Err(status) if status.code() == tonic::Code::OutOfRange
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_away_past_the_log_takes_a_new_base_and_the_gap_is_refused_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut member =
+        KeelProcess::spawn(&dir.path().join("data"), free_port(), free_port(), &["--snapshot-count", "100"]);
+    let mut client = member.ready().await;
+    let backup = dir.path().join("backup");
+    client.put("before", "1", None).await.unwrap();
+    let mut follow = follower(&member.endpoint(), &backup);
+    let mut early = 0;
+    for i in 0..5 {
+        early = client.put(format!("early/{i}"), "1", None).await.unwrap().header().unwrap().revision();
+    }
+    let early_index = client.status().await.unwrap().raft_applied_index();
+    for _ in 0..300 {
+        if journal_end(&backup) >= early_index {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(journal_end(&backup) >= early_index, "the journal reached the early write");
+    assert!(follow.interrupt().success());
+
+    // Away for more than the member keeps: 5000 entries behind its latest snapshot.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..800 {
+                    client.put(format!("away/{w}/{i}"), "x", None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let gap_revision = early + 10;
+    let mut purged = false;
+    for _ in 0..600 {
+        if purged_on(&member.url(), early_index + 1).await {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(purged, "the member compacted its log behind a snapshot");
+
+    follow = follower(&member.endpoint(), &backup);
+    let after = client.put("after", "1", None).await.unwrap().header().unwrap().revision();
+    let after_index = client.status().await.unwrap().raft_applied_index();
+    for _ in 0..300 {
+        if journal_end(&backup) >= after_index {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(follow.interrupt().success());
+    let status = ctl(&["snapshot", "status", backup.to_str().unwrap(), "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["bases"].as_array().unwrap().len(), 2, "a second base after the gap: {status}");
+
+    // Inside the gap: refused with the reason. Before and after it: exact.
+    let target = dir.path().join("in-gap");
+    let out = ctl(&[
+        "snapshot",
+        "restore",
+        backup.to_str().unwrap(),
+        "--to-revision",
+        &gap_revision.to_string(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gap"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!target.exists());
+    for revision in [early, after] {
+        let expected = client
+            .get("\0", Some(GetOptions::new().with_from_key().with_revision(revision)))
+            .await
+            .expect("the model at the revision");
+        let (mut restored_process, mut restored) = restored_member(&backup, revision, dir.path()).await;
+        let got = restored.get("\0", Some(GetOptions::new().with_from_key().with_serializable())).await.unwrap();
+        assert_eq!(got.header().unwrap().revision(), revision);
+        assert!(data_of(&got) == data_of(&expected), "restored data at revision {revision} differs");
+        restored_process.kill();
+    }
+    member.kill();
 }

@@ -154,7 +154,7 @@ async fn follow(global: &Global, dir: &Path, last_progress: &mut Instant) -> Sto
                 }
                 continue;
             }
-            Err(status) => return Stop::Retry(status_error(status).context(url)),
+            Err(status) => return stop_for(status, &url),
         };
         loop {
             // Messages come at least every few seconds (keep-alives), so a silent stream is dead.
@@ -163,7 +163,7 @@ async fn follow(global: &Global, dir: &Path, last_progress: &mut Instant) -> Sto
             let message = match message {
                 Err(_) => return Stop::Retry(anyhow!("{url} stopped sending the journal")),
                 Ok(Err(status)) if status.code() == tonic::Code::OutOfRange => break,
-                Ok(Err(status)) => return Stop::Retry(status_error(status).context(url)),
+                Ok(Err(status)) => return stop_for(status, &url),
                 Ok(Ok(None)) => return Stop::Retry(anyhow!("{url} ended the journal stream")),
                 Ok(Ok(Some(message))) => message,
             };
@@ -197,6 +197,14 @@ async fn follow(global: &Global, dir: &Path, last_progress: &mut Instant) -> Sto
             Err(stop) => return stop,
         }
     }
+}
+
+/// Retries what may pass (a member restarting, a leader change, an expired token); gives up on
+/// what will not (a server without the journal service, a user without the root role).
+fn stop_for(status: tonic::Status, url: &str) -> Stop {
+    let fatal = matches!(status.code(), tonic::Code::Unimplemented | tonic::Code::PermissionDenied);
+    let err = status_error(status).context(url.to_string());
+    if fatal { Stop::Fatal(err) } else { Stop::Retry(err) }
 }
 
 /// The first log entry to ask for: after the journal's last entry or the newest base, whichever

@@ -1,4 +1,5 @@
-//! `keel ctl snapshot save|status|restore`: backups of the store as single files.
+//! `keel ctl snapshot save|status|restore`: backups of the store as single files (and, for
+//! `status` and `restore --to-revision`, the backup directories `backup --follow` keeps).
 //!
 //! Invariants: `save` streams into `FILE.part`, fsyncs it, verifies it end to end (record count and
 //! checksum) and only then renames it to `FILE`, so a file with the final name is always a complete
@@ -25,15 +26,16 @@ pub enum Snapshot {
         /// Where to write the snapshot; must not exist yet.
         file: PathBuf,
     },
-    /// Check a snapshot file end to end and show its hash, revision, keys and size.
+    /// Check a snapshot file end to end and show its hash, revision, keys and size; for a backup
+    /// directory, list its base snapshots and the log entries its journal covers.
     Status {
         /// The snapshot file, or a backup directory kept by `backup --follow` (then its base
         /// snapshots and the log entries its journal covers are listed).
         file: PathBuf,
     },
-    /// Build a new member's data directory from a snapshot file. Run it once per member of the
-    /// new cluster, with that member's name and the same --initial-cluster, then start each
-    /// member with the same flags.
+    /// Build a new member's data directory from a snapshot file, or from a backup directory at a
+    /// chosen revision (--to-revision). Run it once per member of the new cluster, with that
+    /// member's name and the same --initial-cluster, then start each member with the same flags.
     Restore(RestoreArgs),
 }
 

@@ -57,7 +57,8 @@ pub fn restore_to_revision(dir: &Path, revision: i64, data_dir: &Path) -> Result
     std::fs::create_dir_all(data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
     let building = data_dir.join(RESTORING_DIR);
     let scratch = data_dir.join(REPLAY_SCRATCH_DIR);
-    let built = build(&base, &segments, revision, &building, &scratch);
+    let next_base = bases.iter().find(|b| b.index > base.index).map(|b| b.revision);
+    let built = build(&base, next_base, &segments, revision, &building, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     let summary = match built {
         Ok(summary) => summary,
@@ -77,8 +78,11 @@ pub fn restore_to_revision(dir: &Path, revision: i64, data_dir: &Path) -> Result
     Ok(summary)
 }
 
+/// Restores `base` into `building` and replays the journal up to `revision`. `next_base` is the
+/// revision of the next newer base, if any (to tell a gap from the journal's end).
 fn build(
     base: &Base,
+    next_base: Option<i64>,
     segments: &[Vec<journal::Record>],
     revision: i64,
     building: &Path,
@@ -98,12 +102,7 @@ fn build(
             continue;
         }
         if record.index > next {
-            return Err(BackupError::Journal(format!(
-                "the journal has a gap: entries {next} to {} are missing (they were purged before the follower saw \
-                 them), so revision {revision} cannot be restored exactly; the last revision before the gap is {}",
-                record.index - 1,
-                core.mvcc().current_revision()
-            )));
+            return Err(gap(revision, core.mvcc().current_revision(), next_base));
         }
         let entry: Entry = decode(&record.entry)
             .map_err(|err| BackupError::Journal(format!("journal entry {} does not decode: {err}", record.index)))?;
@@ -130,6 +129,9 @@ fn build(
         }
     }
     let current = core.mvcc().current_revision();
+    if (!reached || current != revision) && next_base.is_some() {
+        return Err(gap(revision, current, next_base));
+    }
     if !reached || current != revision {
         return Err(BackupError::Journal(format!(
             "revision {revision} is beyond the end of the journal, which reaches revision {current} (entry {})",
@@ -146,4 +148,14 @@ fn build(
     drop(core);
     let size = std::fs::metadata(&base.path).map(|m| m.len()).unwrap_or_default();
     super::summarize(backend, size)
+}
+
+/// The error for a revision that falls where the journal has no entries: after what was followed
+/// and before the next base (the follower was away longer than the members kept their log).
+fn gap(revision: i64, reached: i64, next_base: Option<i64>) -> BackupError {
+    let resumes = next_base.map_or_else(String::new, |r| format!(" and resumes at the next base (revision {r})"));
+    BackupError::Journal(format!(
+        "revision {revision} falls in a gap of the backup: the journal stops at revision {reached}{resumes}; the \
+         entries in between were purged by the members before the follower saw them, so it cannot be restored exactly"
+    ))
 }
