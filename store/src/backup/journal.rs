@@ -194,11 +194,15 @@ fn read_segment(
 /// Every record of the journal in `dir`, segment by segment, checked; each segment's records are
 /// consecutive. A damaged record is an error unless it is the torn tail of the last segment.
 pub fn read_all(dir: &Path) -> Result<Vec<Vec<Record>>, JournalError> {
+    read_all_of(dir, &mut None)
+}
+
+/// [`read_all`], also reporting the cluster the segments belong to.
+fn read_all_of(dir: &Path, cluster: &mut Option<u64>) -> Result<Vec<Vec<Record>>, JournalError> {
     let segments = segments(dir)?;
-    let mut cluster = None;
     let mut out = Vec::new();
     for (n, (first, path)) in segments.iter().enumerate() {
-        let (records, good, len) = read_segment(path, &mut cluster, dir)?;
+        let (records, good, len) = read_segment(path, cluster, dir)?;
         let last_segment = n + 1 == segments.len();
         if good != len && !last_segment {
             return Err(JournalError::Corrupted {
@@ -241,15 +245,12 @@ pub struct Coverage {
 pub fn coverage(dir: &Path) -> Result<Coverage, JournalError> {
     let mut cluster_id = None;
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    for segment in read_all(dir)? {
+    for segment in read_all_of(dir, &mut cluster_id)? {
         let (Some(first), Some(last)) = (segment.first(), segment.last()) else { continue };
         match runs.last_mut() {
             Some(run) if run.1 + 1 == first.index => run.1 = last.index,
             _ => runs.push((first.index, last.index)),
         }
-    }
-    if let Some((_, path)) = segments(dir)?.first() {
-        read_segment(path, &mut cluster_id, dir)?;
     }
     Ok(Coverage { bases: bases(dir)?, runs, cluster_id })
 }
