@@ -156,7 +156,7 @@ pub fn parse_lease_id(text: &str) -> Result<i64, String> {
 
 /// The range end for `--prefix` (etcd's `GetPrefixRangeEnd`): the prefix with its last byte below
 /// 0xff incremented and what follows dropped; `\0` (every key) when there is no such byte.
-pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -168,7 +168,7 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// `(key, range_end)` for KEY, an optional RANGE_END, `--prefix` and `--from-key`, with etcdctl's
-/// argument errors.
+/// argument errors; `command` names the command in the empty-key error.
 fn key_range(
     command: &str,
     key: &str,
@@ -176,18 +176,28 @@ fn key_range(
     prefix: bool,
     from_key: bool,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
+    key_range_bytes(key.as_bytes().to_vec(), range_end.map(|e| e.as_bytes().to_vec()), prefix, from_key)
+        .map_err(|why| anyhow::anyhow!("{command}: {why}"))
+}
+
+/// [`key_range`] on bytes (`txn` request lines carry keys that need not be UTF-8): an empty prefix
+/// or from-key means every key, as etcdctl computes it.
+pub(super) fn key_range_bytes(
+    key: Vec<u8>,
+    range_end: Option<Vec<u8>>,
+    prefix: bool,
+    from_key: bool,
+) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
     if prefix && from_key {
-        bail!("`--prefix` and `--from-key` cannot be set at the same time, choose one");
+        return Err("`--prefix` and `--from-key` cannot be set at the same time, choose one".into());
     }
     if range_end.is_some() && prefix {
-        bail!("too many arguments, only accept one argument when `--prefix` is set");
+        return Err("too many arguments, only accept one argument when `--prefix` is set".into());
     }
     if range_end.is_some() && from_key {
-        bail!("too many arguments, only accept one argument when `--from-key` is set");
+        return Err("too many arguments, only accept one argument when `--from-key` is set".into());
     }
-    let key = key.as_bytes().to_vec();
     if prefix {
-        // An empty prefix means every key.
         return Ok(if key.is_empty() {
             (vec![0], vec![0])
         } else {
@@ -199,9 +209,10 @@ fn key_range(
         return Ok((if key.is_empty() { vec![0] } else { key }, vec![0]));
     }
     if key.is_empty() {
-        bail!("{command}: the key must not be empty");
+        // The server would refuse it ("key is not provided"); refusing here sends nothing.
+        return Err("the key must not be empty".into());
     }
-    Ok((key, range_end.map(|e| e.as_bytes().to_vec()).unwrap_or_default()))
+    Ok((key, range_end.unwrap_or_default()))
 }
 
 /// Runs `get`.

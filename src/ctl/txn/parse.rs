@@ -30,7 +30,7 @@ use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::range_request::{SortOrder, SortTarget};
 use pb::request_op::Request;
 
-use super::super::kv::{parse_lease_id, prefix_end};
+use super::super::kv::{key_range_bytes, parse_lease_id};
 
 /// Parses `TARGET("KEY") OP "VALUE"` as etcdctl's `ParseCompare` does; the error says what is wrong
 /// (the caller adds the line).
@@ -287,37 +287,14 @@ impl DelOp {
     }
 }
 
-/// `(key, range_end)` for KEY, RANGE_END, `--prefix` and `--from-key`, as etcdctl computes them (an
-/// empty prefix or from-key means every key). Like `kv::key_range`, but on bytes.
+/// `(key, range_end)` for KEY, RANGE_END, `--prefix` and `--from-key`: `kv::key_range_bytes`.
 fn key_range(
     key: OsString,
     range_end: Option<OsString>,
     prefix: bool,
     from_key: bool,
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
-    if prefix && from_key {
-        return Err("`--prefix` and `--from-key` cannot be set at the same time, choose one".into());
-    }
-    if range_end.is_some() && (prefix || from_key) {
-        return Err("too many arguments, only accept one argument when `--prefix` or `--from-key` is set".into());
-    }
-    let key = key.into_vec();
-    if prefix {
-        return Ok(if key.is_empty() {
-            (vec![0], vec![0])
-        } else {
-            let end = prefix_end(&key);
-            (key, end)
-        });
-    }
-    if from_key {
-        return Ok((if key.is_empty() { vec![0] } else { key }, vec![0]));
-    }
-    if key.is_empty() {
-        // The server would refuse it ("key is not provided"); refusing here sends nothing.
-        return Err("the key must not be empty".into());
-    }
-    Ok((key, range_end.map(OsStringExt::into_vec).unwrap_or_default()))
+    key_range_bytes(key.into_vec(), range_end.map(OsStringExt::into_vec), prefix, from_key)
 }
 
 /// Splits a request line into words as etcdctl's `Argify` does: a word starting with `"` is a Go

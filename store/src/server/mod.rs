@@ -134,6 +134,8 @@ pub struct Member {
     removed: tokio::sync::watch::Sender<bool>,
     /// Background tasks, aborted by `shutdown`/drop. Locked only to push or drain.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The data size the quota check compares, sampled at most every `quota::SIZE_SAMPLE`.
+    db_size: quota::SizeSample,
     _syncer: SyncerHandle,
 }
 
@@ -237,6 +239,7 @@ impl Member {
             membership_change: tokio::sync::Mutex::new(()),
             removed,
             tasks: Mutex::new(Vec::new()),
+            db_size: quota::SizeSample::default(),
             _syncer: syncer,
         });
         let weak = Arc::downgrade(&member);
