@@ -7,6 +7,11 @@
 //!   entries durable. The flusher drains every queued callback before one flush (group commit) and
 //!   completes them in order, so a later append is never reported durable before an earlier one.
 //!
+//! The flusher thread holds a clone of the backend, so it is joined when the last clone of the
+//! store is dropped: a process that drops its member and then exits never exits while that thread
+//! is still closing the database (RocksDB aborts the process when its statics are destroyed under
+//! a database being closed).
+//!
 //! Keys: log entries by index (u64 big-endian); in `RaftState`, `vote`, `last_purged` and `committed`.
 
 use std::fmt::Debug;
@@ -14,6 +19,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -33,8 +39,27 @@ const FLUSH_QUEUE: usize = 1024;
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn Backend>,
-    /// Sender side of the flusher queue. The flusher thread exits when every clone is dropped.
-    flusher: Arc<SyncSender<IOFlushed<TypeConfig>>>,
+    /// The flusher queue and thread, shared by every clone; the last clone's drop joins the thread.
+    flusher: Arc<Flusher>,
+}
+
+/// Sender side of the flusher queue plus the thread's handle. Dropping it closes the queue (the
+/// thread ends once it has completed what was queued) and joins the thread, so the thread's
+/// clone of the backend is gone when the drop returns.
+struct Flusher {
+    queue: Option<SyncSender<IOFlushed<TypeConfig>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log flusher thread panicked");
+        }
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -56,8 +81,9 @@ impl LogStore {
     pub fn new(backend: Arc<dyn Backend>) -> io::Result<Self> {
         let (tx, rx) = sync_channel(FLUSH_QUEUE);
         let flush_backend = backend.clone();
-        std::thread::Builder::new().name("keel-log-flush".into()).spawn(move || flush_loop(flush_backend, rx))?;
-        Ok(Self { backend, flusher: Arc::new(tx) })
+        let thread =
+            std::thread::Builder::new().name("keel-log-flush".into()).spawn(move || flush_loop(flush_backend, rx))?;
+        Ok(Self { backend, flusher: Arc::new(Flusher { queue: Some(tx), thread: Some(thread) }) })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -173,7 +199,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put(Cf::RaftLog, index_key(entry.index()), encode(&entry)?);
         }
         self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
-        self.flusher.send(callback).map_err(|_| io_err("the log flusher thread has stopped"))
+        let queue = self.flusher.queue.as_ref().ok_or_else(|| io_err("the log flusher has been closed"))?;
+        queue.send(callback).map_err(|_| io_err("the log flusher thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -90,18 +90,21 @@ impl TestServer {
         }
         self.member.shutdown().await;
         // The database must be closed before the test process exits: RocksDB aborts the process
-        // ("pthread lock: Invalid argument") when its statics are destroyed under an open
-        // database. Every holder of the store (tasks finishing after shutdown) lets go shortly.
-        let backend = Arc::downgrade(self.member.core().backend());
+        // ("pthread lock: Invalid argument") when its statics are destroyed under an open database
+        // or one being closed. Every other holder of the store (tasks finishing after shutdown)
+        // lets go shortly; the last reference is then dropped here, so the database is closed on
+        // this thread before the test returns.
+        let backend = self.member.core().backend().clone();
         drop(self);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while backend.upgrade().is_some() {
+        while Arc::strong_count(&backend) > 1 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the store is still open 30 s after shutdown: a task holds it"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        drop(backend);
     }
 }
 
