@@ -15,6 +15,7 @@ use std::time::Duration;
 mod bench;
 mod certs;
 mod ctl;
+mod jepsen;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -39,6 +40,9 @@ enum Command {
     /// Create a CA and the server, peer and client certificates it signs.
     #[command(subcommand)]
     Certs(certs::Certs),
+    /// Chaos tests: a real cluster under real faults, histories checked against models.
+    #[command(subcommand)]
+    Jepsen(jepsen::Jepsen),
     /// Operate a cluster: snapshots and restore, members, maintenance, debugging reads and writes.
     Ctl {
         #[command(flatten)]
@@ -164,6 +168,10 @@ struct StoreArgs {
     /// etcd's default, 2 GiB.
     #[arg(long, default_value_t = 0)]
     quota_backend_bytes: u64,
+    /// Source IP address of connections to other members (default: the OS chooses). Members
+    /// sharing a host on distinct addresses need it for firewall rules to tell them apart.
+    #[arg(long)]
+    peer_source_address: Option<std::net::IpAddr>,
     /// Log level.
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -188,7 +196,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -200,7 +208,12 @@ fn main() -> Result<()> {
         Command::Bench(bench) => runtime.block_on(bench::run(bench)),
         Command::Certs(certs) => certs::run(certs),
         Command::Ctl { global, command } => runtime.block_on(ctl::run(global, command)),
+        Command::Jepsen(command) => {
+            init_logging(LogLevel::Info);
+            return runtime.block_on(jepsen::run(command)).map(std::process::ExitCode::from);
+        }
     }
+    .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 fn init_logging(level: LogLevel) {
@@ -249,6 +262,7 @@ fn store_config(args: &StoreArgs) -> StoreConfig {
     if args.quota_backend_bytes > 0 {
         config.quota_backend_bytes = args.quota_backend_bytes;
     }
+    config.peer_source_address = args.peer_source_address;
     config.peer_tls = TlsFiles {
         cert_file: args.peer_cert_file.clone(),
         key_file: args.peer_key_file.clone(),

@@ -29,6 +29,7 @@ pub mod format;
 pub mod lease;
 pub mod mvcc;
 pub mod peer;
+pub mod planted;
 pub mod raft;
 pub mod server;
 pub mod tls;

@@ -17,6 +17,7 @@ use rocksdb::{
 };
 
 use super::{Backend, BackendError, BatchOp, CHECKPOINT_DIR_PREFIX, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
+use crate::planted::{self, PlantedBug};
 
 /// Tuning knobs for the RocksDB backend.
 #[derive(Clone, Debug)]
@@ -140,6 +141,9 @@ impl Backend for RocksBackend {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Synced);
+        if durability == Durability::Buffered && planted::active(PlantedBug::AckBeforeFsync) {
+            opts.disable_wal(true);
+        }
         self.db.write_opt(rocks_batch, &opts).map_err(engine)
     }
 

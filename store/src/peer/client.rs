@@ -63,12 +63,20 @@ pub struct Peers {
     connect_timeout: Duration,
     /// How to reach `https://` peer URLs: this member's peer certificate and the peer CA.
     tls: Option<Arc<ClientTls>>,
+    /// Source address of outgoing connections (`--peer-source-address`), or the OS's choice.
+    source: Option<std::net::IpAddr>,
 }
 
 impl Peers {
     /// An empty channel cache; `tls` is required to reach `https://` peers.
-    pub fn new(connect_timeout: Duration, tls: Option<Arc<ClientTls>>) -> Arc<Self> {
-        Arc::new(Self { cluster_id: AtomicU64::new(0), channels: Mutex::new(HashMap::new()), connect_timeout, tls })
+    pub fn new(connect_timeout: Duration, tls: Option<Arc<ClientTls>>, source: Option<std::net::IpAddr>) -> Arc<Self> {
+        Arc::new(Self {
+            cluster_id: AtomicU64::new(0),
+            channels: Mutex::new(HashMap::new()),
+            connect_timeout,
+            tls,
+            source,
+        })
     }
 
     /// Sets the cluster id stamped on requests.
@@ -93,7 +101,7 @@ impl Peers {
 
     fn channel(&self, url: &str) -> Result<Channel, ForwardError> {
         let connect_timeout = self.connect_timeout;
-        crate::tls::lazy_channel(url, self.tls.clone(), |endpoint| {
+        crate::tls::lazy_channel(url, self.tls.clone(), self.source, |endpoint| {
             endpoint
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)

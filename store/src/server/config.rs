@@ -92,6 +92,10 @@ pub struct StoreConfig {
     /// Raise the NOSPACE alarm when the state-machine data would grow past this many bytes
     /// (`--quota-backend-bytes`; etcd's default, 2 GiB, when 0).
     pub quota_backend_bytes: u64,
+    /// Source address of connections to other members (`--peer-source-address`; the OS chooses
+    /// when unset). Members sharing one host on distinct addresses (127.0.0.11, 127.0.0.12, ...)
+    /// need it for firewall rules between two of them to match.
+    pub peer_source_address: Option<std::net::IpAddr>,
 }
 
 impl StoreConfig {
@@ -123,6 +127,7 @@ impl StoreConfig {
             auth_token_ttl: Duration::from_secs(300),
             max_lock_waiters: 10_000,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            peer_source_address: None,
         }
     }
 

@@ -173,7 +173,7 @@ impl Member {
             .map_err(|e| storage_error(&data_dir, e))?;
         let log_store = LogStore::new(backend.clone()).map_err(|e| storage_error(&data_dir, e))?;
         let pristine = log_store.is_pristine().map_err(|e| storage_error(&data_dir, e))?;
-        let peers = Peers::new(Duration::from_secs(1), config.peer_client_tls()?);
+        let peers = Peers::new(Duration::from_secs(1), config.peer_client_tls()?, config.peer_source_address);
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
 
         let members: BTreeMap<u64, MemberNode> = initial

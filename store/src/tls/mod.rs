@@ -276,10 +276,12 @@ pub enum ChannelError {
 /// A lazily connecting gRPC channel to `url` (`http://host:port` or `https://host:port`):
 /// `configure` sets the endpoint's timeouts and keep-alives. For `https://` the handshake is made
 /// by `tls` (the server's certificate must name the URL's host); without `tls` an `https://` URL is
-/// an error. Shared by members (peer connections) and `keel ctl` (client connections).
+/// an error. With `source`, connections leave from that address. Shared by members (peer
+/// connections) and `keel ctl` (client connections).
 pub fn lazy_channel(
     url: &str,
     tls: Option<Arc<ClientTls>>,
+    source: Option<IpAddr>,
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
 ) -> Result<tonic::transport::Channel, ChannelError> {
     let (secure, host_port) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
@@ -291,7 +293,7 @@ pub fn lazy_channel(
     // tonic sees a plain http:// URI either way; for TLS the connector performs the handshake.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host_port}"))
         .map_err(|e| ChannelError::Invalid(e.to_string()))?;
-    let endpoint = configure(endpoint);
+    let endpoint = configure(endpoint).local_address(source);
     if !secure {
         return Ok(endpoint.connect_lazy());
     }
@@ -302,13 +304,36 @@ pub fn lazy_channel(
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
         let (client_tls, host_port, host) = (client_tls.clone(), host_port.clone(), host.clone());
         async move {
-            let tcp = TcpStream::connect(&host_port).await?;
+            let tcp = connect_from(&host_port, source).await?;
             tcp.set_nodelay(true)?;
             let stream = client_tls.connect(tcp, &host).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// Connects to `host_port`, leaving from `source` when given (trying each resolved address of
+/// the same family in turn).
+async fn connect_from(host_port: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(host_port).await;
+    };
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(host_port).await?.filter(|a| a.is_ipv4() == source.is_ipv4()) {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{host_port} has no address of the same family as the source address {source}"),
+        )
+    }))
 }
 
 /// The name a server certificate must match, from a URL's host part (brackets allowed for IPv6).

@@ -464,6 +464,9 @@ impl WatchHub {
         if events.is_empty() {
             return;
         }
+        if revision % 13 == 0 && crate::planted::active(crate::planted::PlantedBug::SkipWatchEvent) {
+            return;
+        }
         let State { streams, watchers, .. } = &mut *state;
         tracing::trace!(revision, events = events.len(), watchers = watchers.len(), "publishing");
         let mut fell_behind = false;

@@ -1,0 +1,403 @@
+//! A Keel store cluster of real `keel store` processes for one test, each member on its own
+//! loopback address (127.0.0.11, 127.0.0.12, ...) with TLS between members and for clients.
+//!
+//! Invariants:
+//! - every process this module starts is a child of this process, started with `kill_on_drop`,
+//!   and is SIGKILLed and reaped by `Cluster::shutdown` (or, failing that, when dropped); a paused
+//!   (SIGSTOPped) member is killed just the same, since SIGKILL ends stopped processes too;
+//! - members keep their data directories across kill and restart, as a crashed machine would;
+//! - outgoing peer connections leave from the member's own address (`--peer-source-address`), so
+//!   firewall rules written in terms of member addresses match exactly the traffic between two
+//!   members and never client traffic (clients connect from 127.0.0.1).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_proto::etcdserverpb as pb;
+use keel_store::tls::certs::{self, Kind, Validity};
+use keel_store::tls::{ClientTls, TlsFiles};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::JepsenError;
+
+/// How long a restarted member may take to answer before the harness gives up on it.
+const READY_BOUND: Duration = Duration::from_secs(60);
+
+/// One member's identity and process.
+#[derive(Debug)]
+pub struct Member {
+    /// `n1`, `n2`, ...
+    pub name: String,
+    /// Its loopback address.
+    pub ip: IpAddr,
+    /// Client API URL (`https://ip:port`).
+    pub client_url: String,
+    /// Peer API URL.
+    pub peer_url: String,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    /// The running process, if any. A member is either running (possibly paused) or down.
+    child: Option<Child>,
+    /// True while SIGSTOPped.
+    paused: bool,
+}
+
+impl Member {
+    /// True while the member has a process (running or paused).
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The process id, while up.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+/// How members are started.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The `keel` binary to run.
+    pub binary: PathBuf,
+    /// Number of members.
+    pub nodes: usize,
+    /// The test's directory; members' data, logs and certificates go under it.
+    pub dir: PathBuf,
+    /// Value of `KEEL_PLANTED_BUGS` for the members (only a build with the `planted-bugs`
+    /// feature reads it).
+    pub planted_bugs: Option<String>,
+    /// First member's address; the others follow (`127.0.0.11` by default).
+    pub base_ip: Ipv4Addr,
+}
+
+/// The cluster under test.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: ClusterSpec,
+    /// Members in order; index `i` is named `n{i+1}`.
+    pub members: Vec<Member>,
+    client_tls: Arc<ClientTls>,
+    pki: PathBuf,
+}
+
+impl Cluster {
+    /// Writes the certificates, starts every member and waits until the cluster serves.
+    pub async fn start(spec: ClusterSpec) -> Result<Self, JepsenError> {
+        if spec.nodes == 0 {
+            return Err(JepsenError::Usage("--nodes must be at least 1".into()));
+        }
+        if usize::from(spec.base_ip.octets()[3]) + spec.nodes > 255 || !spec.base_ip.is_loopback() {
+            return Err(JepsenError::Usage(format!(
+                "{} members from {} do not fit in 127.0.0.0/8's last octet",
+                spec.nodes, spec.base_ip
+            )));
+        }
+        let ips: Vec<IpAddr> = (0..spec.nodes)
+            .map(|i| {
+                let [a, b, c, d] = spec.base_ip.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d + i as u8))
+            })
+            .collect();
+        let (client_port, peer_port) = free_ports(&ips)?;
+        let pki = spec.dir.join("pki");
+        write_pki(&pki, &ips)?;
+        let client_tls = ClientTls::new(TlsFiles {
+            cert_file: Some(pki.join("client.crt")),
+            key_file: Some(pki.join("client.key")),
+            trusted_ca_file: Some(pki.join("ca.crt")),
+        })
+        .map_err(|err| JepsenError::Setup(format!("client TLS: {err}")))?;
+        let members = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let name = format!("n{}", i + 1);
+                Member {
+                    client_url: format!("https://{ip}:{client_port}"),
+                    peer_url: format!("https://{ip}:{peer_port}"),
+                    data_dir: spec.dir.join(&name).join("data"),
+                    log_file: spec.dir.join(format!("{name}.log")),
+                    name,
+                    ip: *ip,
+                    child: None,
+                    paused: false,
+                }
+            })
+            .collect();
+        let mut cluster = Self { spec, members, client_tls, pki };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i)?;
+        }
+        let deadline = tokio::time::Instant::now() + READY_BOUND;
+        for i in 0..cluster.members.len() {
+            cluster.wait_ready(i, deadline).await?;
+        }
+        cluster.wait_for_leader(READY_BOUND).await?;
+        Ok(cluster)
+    }
+
+    /// Member names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), JepsenError> {
+        let initial_cluster = self.initial_cluster();
+        let pki = |file: &str| self.pki.join(file).display().to_string();
+        let member = &self.members[i];
+        std::fs::create_dir_all(&member.data_dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&member.log_file)?;
+        let mut command = Command::new(&self.spec.binary);
+        command
+            .arg("store")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &member.client_url, "--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url, "--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &initial_cluster, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "keel-jepsen"])
+            .args(["--peer-source-address", &member.ip.to_string()])
+            .args(["--cert-file", &pki("server.crt"), "--key-file", &pki("server.key")])
+            .args(["--trusted-ca-file", &pki("ca.crt"), "--client-cert-auth"])
+            .args(["--peer-cert-file", &pki("peer.crt"), "--peer-key-file", &pki("peer.key")])
+            .args(["--peer-trusted-ca-file", &pki("ca.crt")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        match &self.spec.planted_bugs {
+            Some(bugs) => command.env("KEEL_PLANTED_BUGS", bugs),
+            None => command.env_remove("KEEL_PLANTED_BUGS"),
+        };
+        let child = command
+            .spawn()
+            .map_err(|err| JepsenError::Setup(format!("starting {}: {err}", self.spec.binary.display())))?;
+        let member = &mut self.members[i];
+        member.child = Some(child);
+        member.paused = false;
+        Ok(())
+    }
+
+    /// A lazily connecting TLS channel to member `i`'s client API.
+    pub fn channel(&self, i: usize) -> Result<Channel, JepsenError> {
+        keel_store::tls::lazy_channel(&self.members[i].client_url, Some(self.client_tls.clone()), None, |e| {
+            e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+        })
+        .map_err(|err| JepsenError::Setup(format!("channel to {}: {err}", self.members[i].name)))
+    }
+
+    async fn wait_ready(&self, i: usize, deadline: tokio::time::Instant) -> Result<(), JepsenError> {
+        let mut client = pb::maintenance_client::MaintenanceClient::new(self.channel(i)?);
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(1), client.status(pb::StatusRequest {})).await;
+            if matches!(probe, Ok(Ok(_))) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JepsenError::Setup(format!(
+                    "{} did not answer within {READY_BOUND:?}; see {}",
+                    self.members[i].name,
+                    self.members[i].log_file.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The member every running, unpaused member agrees is leader, waiting at most `bound`.
+    pub async fn wait_for_leader(&self, bound: Duration) -> Result<usize, JepsenError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JepsenError::Recovery(format!("the members did not agree on a leader within {bound:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Status of member `i`: its own id and the leader it knows of (0: none).
+    pub async fn status(&self, i: usize) -> Option<(u64, u64)> {
+        let mut client = pb::maintenance_client::MaintenanceClient::new(self.channel(i).ok()?);
+        let status =
+            tokio::time::timeout(Duration::from_secs(1), client.status(pb::StatusRequest {})).await.ok()?.ok()?;
+        let status = status.into_inner();
+        Some((status.header.map_or(0, |h| h.member_id), status.leader))
+    }
+
+    /// The leader's index when every running, unpaused member names the same one.
+    pub async fn agreed_leader(&self) -> Option<usize> {
+        let mut ids = vec![None; self.members.len()];
+        let mut leaders = Vec::new();
+        for (i, member) in self.members.iter().enumerate() {
+            if !member.is_up() || member.paused {
+                continue;
+            }
+            let (id, leader) = self.status(i).await?;
+            ids[i] = Some(id);
+            leaders.push(leader);
+        }
+        let first = *leaders.first()?;
+        if first == 0 || leaders.iter().any(|l| *l != first) {
+            return None;
+        }
+        ids.iter().position(|id| *id == Some(first))
+    }
+
+    /// SIGKILLs member `i` and reaps it (no-op when down).
+    pub async fn kill(&mut self, i: usize) -> Result<(), JepsenError> {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill().await?;
+        }
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// Starts member `i` again on its data directory (no-op when up).
+    pub fn restart(&mut self, i: usize) -> Result<(), JepsenError> {
+        if self.members[i].child.is_none() { self.spawn(i) } else { Ok(()) }
+    }
+
+    /// SIGSTOPs member `i` (no-op when down or paused).
+    pub async fn pause(&mut self, i: usize) -> Result<(), JepsenError> {
+        if let Some(pid) = self.members[i].pid()
+            && !self.members[i].paused
+        {
+            signal(pid, "STOP").await?;
+            self.members[i].paused = true;
+        }
+        Ok(())
+    }
+
+    /// SIGCONTs member `i` (no-op unless paused).
+    pub async fn resume(&mut self, i: usize) -> Result<(), JepsenError> {
+        if let Some(pid) = self.members[i].pid()
+            && self.members[i].paused
+        {
+            signal(pid, "CONT").await?;
+        }
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// Members that exited on their own (not killed by the harness): name and exit status.
+    pub fn crashed(&mut self) -> Vec<(String, String)> {
+        let mut crashed = Vec::new();
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                crashed.push((member.name.clone(), status.to_string()));
+                member.child = None;
+            }
+        }
+        crashed
+    }
+
+    /// Brings every member back: resumes paused ones and restarts those down, then waits (within
+    /// `bound`) until every member is healthy as `etcdctl endpoint health` means it: a
+    /// linearizable read through it succeeds, so the cluster has a leader with a quorum and the
+    /// member has caught up with it.
+    pub async fn heal(&mut self, bound: Duration) -> Result<(), JepsenError> {
+        for i in 0..self.members.len() {
+            self.resume(i).await?;
+            self.restart(i)?;
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        for i in 0..self.members.len() {
+            self.wait_ready(i, deadline).await?;
+        }
+        for i in 0..self.members.len() {
+            let mut kv = pb::kv_client::KvClient::new(self.channel(i)?);
+            loop {
+                let request = pb::RangeRequest { key: b"health".to_vec(), ..Default::default() };
+                let read = tokio::time::timeout(Duration::from_secs(2), kv.range(request)).await;
+                if matches!(read, Ok(Ok(_))) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(JepsenError::Recovery(format!(
+                        "{} could not serve a linearizable read within {bound:?} of healing; see {}",
+                        self.members[i].name,
+                        self.members[i].log_file.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs and reaps every member.
+    pub async fn shutdown(&mut self) {
+        for i in 0..self.members.len() {
+            if let Err(err) = self.kill(i).await {
+                tracing::warn!(member = %self.members[i].name, %err, "could not kill");
+            }
+        }
+    }
+
+    /// The log file of member `i`.
+    pub fn log_file(&self, i: usize) -> &Path {
+        &self.members[i].log_file
+    }
+}
+
+/// Sends `SIGname` to `pid` with kill(1), which needs no unsafe code here.
+async fn signal(pid: u32, name: &str) -> Result<(), JepsenError> {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().await?;
+    if status.success() { Ok(()) } else { Err(JepsenError::Fault(format!("kill -{name} {pid} failed: {status}"))) }
+}
+
+/// Two ports free on every member address (the same on each, since the addresses differ).
+fn free_ports(ips: &[IpAddr]) -> Result<(u16, u16), JepsenError> {
+    let free_everywhere = |port: u16| ips.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok());
+    // Below Linux's ephemeral range, so an outgoing connection cannot take the port meanwhile.
+    let start = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    let mut found = Vec::new();
+    for port in (start..32_000).chain(15_000..start) {
+        if free_everywhere(port) {
+            found.push(port);
+            if found.len() == 2 {
+                return Ok((found[0], found[1]));
+            }
+        }
+    }
+    Err(JepsenError::Setup("no two ports free on every member address".into()))
+}
+
+/// A CA, one server and one peer certificate naming every member address, and a client
+/// certificate for the harness's clients.
+fn write_pki(dir: &Path, ips: &[IpAddr]) -> Result<(), JepsenError> {
+    let cert = |err: keel_store::tls::TlsError| JepsenError::Setup(format!("certificates: {err}"));
+    std::fs::create_dir_all(dir)?;
+    let validity = Validity::days_from_now(2);
+    let ca = certs::new_ca("keel-jepsen-ca", validity).map_err(cert)?;
+    let hosts: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    certs::write(dir, "ca", &ca, true).map_err(cert)?;
+    for (name, kind, hosts) in [
+        ("server", Kind::Server, hosts.as_slice()),
+        ("peer", Kind::Peer, hosts.as_slice()),
+        ("client", Kind::Client, &[]),
+    ] {
+        let issued = certs::issue(&ca, kind, &format!("jepsen-{name}"), &[], hosts, validity).map_err(cert)?;
+        certs::write(dir, name, &issued, true).map_err(cert)?;
+    }
+    Ok(())
+}

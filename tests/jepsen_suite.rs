@@ -1,0 +1,179 @@
+//! The chaos suite run for real, through `keel jepsen test`: the real build under kill and
+//! partition faults must come out valid (the CI smoke test), and a build with planted bugs must
+//! be caught by the workload and fault each bug is meant to be found by (the proof that the
+//! checkers can fail).
+//!
+//! The planted build is `target/debug/keel-planted`, which `scripts/test` builds before the
+//! suite (`cargo build --features planted-bugs`, copied aside). Seeds are fixed, so every run
+//! draws the same operations and the same fault schedule.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `keel jepsen test` with `args` into a fresh directory; returns the exit code and the
+/// parsed `results.json`, and checks the other outputs exist.
+fn jepsen(binary: &Path, args: &[&str]) -> (i32, serde_json::Value, tempfile::TempDir) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(binary)
+        .args(["jepsen", "test", "--nodes", "5", "--rate", "150", "--concurrency", "10", "--out"])
+        .arg(out.path())
+        .args(args)
+        .output()
+        .expect("run keel jepsen test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let code = output.status.code().unwrap_or(-1);
+    let results = std::fs::read_to_string(out.path().join("results.json"))
+        .unwrap_or_else(|err| panic!("no results.json ({err}); exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"));
+    let results: serde_json::Value = serde_json::from_str(&results).expect("results.json is JSON");
+    for file in ["history.jsonl", "report.html"] {
+        assert!(out.path().join(file).is_file(), "{file} missing; stdout:\n{stdout}");
+    }
+    assert!(stderr.contains("reproduce with:"), "the command to reproduce is printed:\n{stderr}");
+    (code, results, out)
+}
+
+fn anomaly_kinds(results: &serde_json::Value) -> Vec<String> {
+    results["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["anomalies"].as_array().into_iter().flatten())
+        .filter_map(|a| a["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn planted_binary() -> PathBuf {
+    let keel = PathBuf::from(env!("CARGO_BIN_EXE_keel"));
+    let planted = keel.with_file_name("keel-planted");
+    assert!(
+        planted.is_file(),
+        "{} is missing: scripts/test builds it (cargo build --features planted-bugs --bin keel, copied to \
+         keel-planted)",
+        planted.display()
+    );
+    planted
+}
+
+/// No firewall rule of a finished run is left behind.
+fn assert_no_firewall_chains_left() {
+    let rules = Command::new("iptables").args(["-w", "5", "-S"]).output().expect("iptables -S");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let mine: Vec<&str> = rules.lines().filter(|l| l.contains("KEEL-JEPSEN-")).collect();
+    assert!(mine.is_empty(), "firewall rules left behind: {mine:?}");
+}
+
+#[test]
+fn the_real_build_stays_linearizable_under_kill_and_partition() {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (code, results, _out) = jepsen(
+        keel,
+        &["--workload", "register", "--nemesis", "kill,partition", "--time-limit", "30", "--interval", "3"],
+    );
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    assert!(results["faults"].as_u64().unwrap() >= 3, "faults were injected: {results:#}");
+    assert!(results["ops"].as_u64().unwrap() >= 500, "the workload ran: {results:#}");
+    assert_no_firewall_chains_left();
+}
+
+#[test]
+fn the_real_build_stays_strictly_serializable_under_kill_and_partition() {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (code, results, _out) =
+        jepsen(keel, &["--workload", "append", "--nemesis", "kill,partition", "--time-limit", "30", "--interval", "3"]);
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    let stats = &results["results"][0]["stats"];
+    assert!(stats["ok"].as_u64().unwrap() >= 200, "transactions committed: {stats}");
+    assert_no_firewall_chains_left();
+}
+
+#[test]
+fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (code, results, _out) =
+        jepsen(keel, &["--workload", "watch", "--nemesis", "kill,partition", "--time-limit", "25", "--interval", "3"]);
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    let stats = &results["results"][0]["stats"];
+    assert!(stats["watches_checked"].as_u64().unwrap() >= 5, "watch streams were checked: {stats}");
+    assert!(stats["events_received"].as_u64().unwrap() >= 100, "events were delivered: {stats}");
+    assert_no_firewall_chains_left();
+}
+
+#[test]
+fn reads_served_without_a_leadership_check_are_caught_as_nonlinearizable() {
+    let (code, results, _out) = jepsen(
+        &planted_binary(),
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "partition",
+            "--time-limit",
+            "25",
+            "--interval",
+            "3",
+            "--seed",
+            "7",
+            "--planted-bug",
+            "stale-read",
+        ],
+    );
+    let kinds = anomaly_kinds(&results);
+    assert_eq!(results["valid"], "invalid", "the stale-read bug went unnoticed: {results:#}");
+    assert!(kinds.iter().any(|k| k == "nonlinearizable"), "{kinds:?}");
+    assert_eq!(code, 1);
+    assert_no_firewall_chains_left();
+}
+
+#[test]
+fn a_watch_hub_that_skips_events_is_caught_as_missed_events() {
+    let (code, results, _out) = jepsen(
+        &planted_binary(),
+        &[
+            "--workload",
+            "watch",
+            "--nemesis",
+            "none",
+            "--time-limit",
+            "20",
+            "--interval",
+            "3",
+            "--seed",
+            "9",
+            "--planted-bug",
+            "skip-watch-event",
+        ],
+    );
+    let kinds = anomaly_kinds(&results);
+    assert_eq!(results["valid"], "invalid", "the skipped events went unnoticed: {results:#}");
+    assert!(kinds.iter().any(|k| k == "missed-event" || k == "non-atomic"), "{kinds:?}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn acknowledging_log_writes_before_they_are_durable_is_caught_under_kills() {
+    let (code, results, _out) = jepsen(
+        &planted_binary(),
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "kill",
+            "--time-limit",
+            "25",
+            "--interval",
+            "3",
+            "--seed",
+            "3",
+            "--recovery-timeout",
+            "20s",
+            "--planted-bug",
+            "ack-before-fsync",
+        ],
+    );
+    assert_eq!(results["valid"], "invalid", "the ack-before-fsync bug went unnoticed: {results:#}");
+    assert_eq!(code, 1, "{:?}", anomaly_kinds(&results));
+}
