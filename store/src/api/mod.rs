@@ -79,13 +79,17 @@ impl Api {
         }
     }
 
-    /// The user a request acts as when auth is on: the user of its token, else (with
-    /// `--client-cert-auth`) the common name of its client certificate; `None` when auth is off or
-    /// the request carries no credentials. A token that does not verify is an error, as in etcd.
+    /// The user a request acts as: with auth on, the user of its token, else (with
+    /// `--client-cert-auth`) the common name of its client certificate; `None` when the request
+    /// carries no credentials. A token that does not verify is an error, as in etcd.
+    ///
+    /// With auth off here the certificate's user is still attached: an auth enable may be
+    /// committed but not yet applied on this member, and the apply (which decides, and ignores the
+    /// caller while auth is off) would otherwise refuse the request as nameless.
     fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<String>, StoreError> {
         let auth = self.member.core().auth().state();
         if !auth.enabled {
-            return Ok(None);
+            return Ok(self.certificate_user(request));
         }
         let metadata = request.metadata();
         let token = metadata.get("token").or_else(|| metadata.get("authorization")).and_then(|v| v.to_str().ok());
@@ -93,13 +97,16 @@ impl Api {
             let token = token.strip_prefix("Bearer ").unwrap_or(token);
             return auth.user_for_token(token, now_ms()).map(Some).ok_or(StoreError::InvalidAuthToken);
         }
-        if self.member.config().client_cert_auth
-            && let Some(identity) = request.extensions().get::<PeerIdentity>()
-            && let Some(name) = identity.certificate.as_ref().and_then(|c| c.common_name.clone())
-        {
-            return Ok(Some(name));
+        Ok(self.certificate_user(request))
+    }
+
+    /// With `--client-cert-auth`, the common name of the request's client certificate.
+    fn certificate_user<T>(&self, request: &tonic::Request<T>) -> Option<String> {
+        if !self.member.config().client_cert_auth {
+            return None;
         }
-        Ok(None)
+        let identity = request.extensions().get::<PeerIdentity>()?;
+        identity.certificate.as_ref().and_then(|c| c.common_name.clone())
     }
 
     /// Proposes `command` on behalf of `caller`; apply checks the caller's permissions.
