@@ -24,12 +24,14 @@ pub enum Jepsen {
 /// Flags of `keel jepsen test`, named like Jepsen's own.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The workload: `register` (per-key read/write/cas, checked for linearizability) or
-    /// `append` (transactions appending to lists, checked for strict serializability).
+    /// The workload: `register` (per-key read/write/cas, checked for linearizability), `append`
+    /// (transactions appending to lists, checked for strict serializability), `watch` (writers
+    /// and watchers, checked against etcd's watch guarantees) or `lease` (lock holders with
+    /// leases and fenced writes, checked for exclusion, keep-alive and expiry).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma-separated: kill, kill-leader, pause, pause-leader, partition,
-    /// partition-leader; `all` or `none`.
+    /// partition-leader, clock (needs libfaketime), member; `all` or `none`.
     #[arg(long, default_value = "kill,partition")]
     nemesis: String,
     /// Number of members.
@@ -69,10 +71,24 @@ pub struct TestArgs {
     #[arg(long)]
     binary: Option<PathBuf>,
     /// Switch on planted bugs in the members, comma-separated (stale-read, ack-before-fsync,
-    /// skip-watch-event);
+    /// skip-watch-event, short-keep-alive);
     /// only a build with the `planted-bugs` feature has them.
     #[arg(long)]
     planted_bug: Option<String>,
+    /// Run against these client URLs of a cluster this test does not start (any etcd v3
+    /// endpoints, comma-separated) instead of starting Keel members; only with `--nemesis none`.
+    /// Keys under `jepsen/` must not exist there yet.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// With `--endpoints`: the CA bundle that verifies them.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// With `--endpoints`: the client certificate to present.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// With `--endpoints`: the client certificate's key.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// Runs a `keel jepsen` command; returns the process exit status.
@@ -129,6 +145,14 @@ async fn test(args: TestArgs) -> Result<u8> {
     if let Some(bugs) = &args.planted_bug {
         command.push_str(&format!(" --planted-bug {bugs}"));
     }
+    if !args.endpoints.is_empty() {
+        command.push_str(&format!(" --endpoints {}", args.endpoints.join(",")));
+        for (flag, file) in [("--cacert", &args.cacert), ("--cert", &args.cert), ("--key", &args.key)] {
+            if let Some(file) = file {
+                command.push_str(&format!(" {flag} {}", file.display()));
+            }
+        }
+    }
     eprintln!("reproduce with: {command}");
     let options = TestOptions {
         workload,
@@ -147,6 +171,12 @@ async fn test(args: TestArgs) -> Result<u8> {
         recovery_timeout: args.recovery_timeout,
         base_ip: args.base_address,
         command,
+        endpoints: args.endpoints.clone(),
+        endpoint_tls: keel_store::tls::TlsFiles {
+            cert_file: args.cert.clone(),
+            key_file: args.key.clone(),
+            trusted_ca_file: args.cacert.clone(),
+        },
     };
     let outcome = keel_jepsen::run(options).await?;
     let verdict = match outcome.valid {

@@ -7,8 +7,12 @@
 //! suite (`cargo build --features planted-bugs`, copied aside). Seeds are fixed, so every run
 //! draws the same operations and the same fault schedule.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use support::{KeelProcess, free_port};
 
 /// Runs `keel jepsen test` with `args` into a fresh directory; returns the exit code and the
 /// parsed `results.json`, and checks the other outputs exist.
@@ -100,6 +104,102 @@ fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
     assert!(stats["watches_checked"].as_u64().unwrap() >= 5, "watch streams were checked: {stats}");
     assert!(stats["events_received"].as_u64().unwrap() >= 100, "events were delivered: {stats}");
     assert_no_firewall_chains_left();
+}
+
+#[test]
+fn lock_holders_under_kill_and_partition_keep_fences_ordered_and_leases_honest() {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (code, results, _out) =
+        jepsen(keel, &["--workload", "lease", "--nemesis", "kill,partition", "--time-limit", "20", "--interval", "3"]);
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    let stats = &results["results"][0]["stats"];
+    assert!(stats["acquisitions"].as_u64().unwrap() >= 10, "locks were taken: {stats}");
+    assert!(stats["fenced_applied"].as_u64().unwrap() >= 10, "holders wrote: {stats}");
+    assert!(stats["abandoned"].as_u64().unwrap() >= 1, "some leases were left to expire: {stats}");
+    assert!(stats["leases_listed"].is_u64(), "the final listing ran: {stats}");
+    assert_no_firewall_chains_left();
+}
+
+#[test]
+fn membership_changes_and_clock_skew_keep_the_register_linearizable() {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (code, results, out) = jepsen(
+        keel,
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "member,clock",
+            "--time-limit",
+            "30",
+            "--interval",
+            "3",
+            "--seed",
+            "5",
+        ],
+    );
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    let history = std::fs::read_to_string(out.path().join("history.jsonl")).unwrap();
+    let started = |kind: &str| {
+        history.lines().any(|line| line.contains(r#""f":"start""#) && line.contains(&format!(r#""kind":"{kind}""#)))
+    };
+    assert!(started("member") && started("clock"), "both faults were injected:\n{results:#}");
+}
+
+#[test]
+fn the_suite_runs_against_endpoints_it_did_not_start_and_refuses_what_it_cannot_check() {
+    let data = tempfile::tempdir().unwrap();
+    let mut store = KeelProcess::spawn(&data.path().join("store"), free_port(), free_port(), &[]);
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(store.ready());
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let url = store.url();
+    let (code, results, _out) =
+        jepsen(keel, &["--workload", "register", "--nemesis", "none", "--time-limit", "5", "--endpoints", &url]);
+    assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
+    assert_eq!(code, 0);
+    assert!(results["ops"].as_u64().unwrap() >= 100, "the workload ran: {results:#}");
+
+    // A second run would mistake the first one's keys for its own, and faults need processes
+    // this run did not start: both are refused before anything runs.
+    for (args, expected) in
+        [(vec!["--nemesis", "none"], "already hold"), (vec!["--nemesis", "kill"], "use --nemesis none")]
+    {
+        let out = tempfile::tempdir().unwrap();
+        let output = Command::new(keel)
+            .args(["jepsen", "test", "--time-limit", "5", "--endpoints", &url, "--out"])
+            .arg(out.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.path().join("history.jsonl").exists(), "{args:?}: nothing ran");
+    }
+}
+
+#[test]
+fn keep_alives_that_renew_too_little_are_caught_as_leases_expiring_early() {
+    let (code, results, _out) = jepsen(
+        &planted_binary(),
+        &[
+            "--workload",
+            "lease",
+            "--nemesis",
+            "none",
+            "--time-limit",
+            "10",
+            "--seed",
+            "11",
+            "--planted-bug",
+            "short-keep-alive",
+        ],
+    );
+    let kinds = anomaly_kinds(&results);
+    assert_eq!(results["valid"], "invalid", "the short keep-alives went unnoticed: {results:#}");
+    assert!(kinds.iter().any(|k| k == "lease-expired-early"), "{kinds:?}");
+    assert_eq!(code, 1);
 }
 
 #[test]

@@ -5,7 +5,12 @@
 //! - every process this module starts is a child of this process, started with `kill_on_drop`,
 //!   and is SIGKILLed and reaped by `Cluster::shutdown` (or, failing that, when dropped); a paused
 //!   (SIGSTOPped) member is killed just the same, since SIGKILL ends stopped processes too;
-//! - members keep their data directories across kill and restart, as a crashed machine would;
+//! - members keep their data directories across kill and restart, as a crashed machine would; a
+//!   member removed from the cluster loses its process and its data directory (a decommissioned
+//!   machine) and rejoins empty, through MemberAdd and `--initial-cluster-state existing`;
+//! - with the clock nemesis enabled every member runs under libfaketime, reading its wall-clock
+//!   offset from its own file (`nX.faketime`, re-read every second); only the wall clock is
+//!   faked, as a skewed machine's would be, and the monotonic clock that timers use is left alone;
 //! - outgoing peer connections leave from the member's own address (`--peer-source-address`), so
 //!   firewall rules written in terms of member addresses match exactly the traffic between two
 //!   members and never client traffic (clients connect from 127.0.0.1).
@@ -44,6 +49,13 @@ pub struct Member {
     child: Option<Child>,
     /// True while SIGSTOPped.
     paused: bool,
+    /// True while removed from the cluster's membership (no process, no data).
+    removed: bool,
+    /// True once the member joined a running cluster (after a removal): later starts say
+    /// `--initial-cluster-state existing`.
+    rejoined: bool,
+    /// The file libfaketime reads the member's clock offset from.
+    clock_file: PathBuf,
 }
 
 impl Member {
@@ -55,6 +67,11 @@ impl Member {
     /// True while paused.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// True while removed from the membership.
+    pub fn is_removed(&self) -> bool {
+        self.removed
     }
 
     /// The process id, while up.
@@ -77,6 +94,22 @@ pub struct ClusterSpec {
     pub planted_bugs: Option<String>,
     /// First member's address; the others follow (`127.0.0.11` by default).
     pub base_ip: Ipv4Addr,
+    /// libfaketime's preload library, when the clock nemesis may skew members' clocks.
+    pub faketime: Option<PathBuf>,
+}
+
+/// Where Debian's `faketime` package puts the preload library, on the architectures it builds.
+const FAKETIME_LIBRARIES: [&str; 2] =
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"];
+
+/// libfaketime's preload library, or an error saying how to get it.
+pub fn find_faketime() -> Result<PathBuf, JepsenError> {
+    FAKETIME_LIBRARIES.iter().map(PathBuf::from).find(|path| path.is_file()).ok_or_else(|| {
+        JepsenError::Usage(format!(
+            "the clock nemesis needs libfaketime (Debian package `faketime`); looked for {}",
+            FAKETIME_LIBRARIES.join(", ")
+        ))
+    })
 }
 
 /// The cluster under test.
@@ -126,14 +159,20 @@ impl Cluster {
                     peer_url: format!("https://{ip}:{peer_port}"),
                     data_dir: spec.dir.join(&name).join("data"),
                     log_file: spec.dir.join(format!("{name}.log")),
+                    clock_file: spec.dir.join(format!("{name}.faketime")),
                     name,
                     ip: *ip,
                     child: None,
                     paused: false,
+                    removed: false,
+                    rejoined: false,
                 }
             })
             .collect();
         let mut cluster = Self { spec, members, client_tls, pki };
+        for i in 0..cluster.members.len() {
+            cluster.set_clock_offset(i, 0)?;
+        }
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
         }
@@ -168,7 +207,8 @@ impl Cluster {
             .arg(&member.data_dir)
             .args(["--listen-client-urls", &member.client_url, "--advertise-client-urls", &member.client_url])
             .args(["--listen-peer-urls", &member.peer_url, "--initial-advertise-peer-urls", &member.peer_url])
-            .args(["--initial-cluster", &initial_cluster, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", if member.rejoined { "existing" } else { "new" }])
             .args(["--initial-cluster-token", "keel-jepsen"])
             .args(["--peer-source-address", &member.ip.to_string()])
             .args(["--cert-file", &pki("server.crt"), "--key-file", &pki("server.key")])
@@ -183,6 +223,13 @@ impl Cluster {
             Some(bugs) => command.env("KEEL_PLANTED_BUGS", bugs),
             None => command.env_remove("KEEL_PLANTED_BUGS"),
         };
+        if let Some(library) = &self.spec.faketime {
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME_TIMESTAMP_FILE", &member.clock_file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let child = command
             .spawn()
             .map_err(|err| JepsenError::Setup(format!("starting {}: {err}", self.spec.binary.display())))?;
@@ -269,9 +316,142 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts member `i` again on its data directory (no-op when up).
+    /// Starts member `i` again on its data directory (no-op when up, or removed from the
+    /// membership: it comes back only through [`Cluster::add_member`]).
     pub fn restart(&mut self, i: usize) -> Result<(), JepsenError> {
-        if self.members[i].child.is_none() { self.spawn(i) } else { Ok(()) }
+        if self.members[i].child.is_none() && !self.members[i].removed { self.spawn(i) } else { Ok(()) }
+    }
+
+    /// Sets member `i`'s wall clock `offset_s` seconds off the real time (takes effect within a
+    /// second; meaningful only when the cluster runs under libfaketime).
+    pub fn set_clock_offset(&self, i: usize, offset_s: i64) -> Result<(), JepsenError> {
+        write_clock_offset(&self.members[i].clock_file, offset_s)
+    }
+
+    /// Sets clock offsets like [`Cluster::set_clock_offset`] without borrowing the cluster, for
+    /// a strobe that runs while the nemesis goes on.
+    pub fn clock_setter(&self) -> impl Fn(usize, i64) -> Result<(), JepsenError> + Send + 'static {
+        let files: Vec<PathBuf> = self.members.iter().map(|m| m.clock_file.clone()).collect();
+        move |i, offset_s| files.get(i).map_or(Ok(()), |file| write_clock_offset(file, offset_s))
+    }
+
+    /// Removes member `i` from the membership through another member (MemberRemove), then kills
+    /// it and deletes its data directory. Retries within `bound`, since the request needs a
+    /// leader with a quorum.
+    pub async fn remove_member(&mut self, i: usize, bound: Duration) -> Result<(), JepsenError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let peer_url = self.members[i].peer_url.clone();
+        loop {
+            match self.try_remove(i, &peer_url).await {
+                Ok(()) => break,
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    return Err(JepsenError::Fault(format!("removing {}: {err}", self.members[i].name)));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        self.kill(i).await?;
+        let member = &mut self.members[i];
+        member.removed = true;
+        match std::fs::remove_dir_all(&member.data_dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// One attempt at removing the member whose peer URL is `peer_url`, asking a member other
+    /// than `i`. Done when it is no longer listed.
+    async fn try_remove(&self, i: usize, peer_url: &str) -> Result<(), String> {
+        let mut last = String::from("no other member is up");
+        for other in (0..self.members.len()).filter(|&o| o != i && self.members[o].is_up() && !self.members[o].paused) {
+            let mut client = pb::cluster_client::ClusterClient::new(self.channel(other).map_err(|e| e.to_string())?);
+            let listed = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.member_list(pb::MemberListRequest { linearizable: true }),
+            )
+            .await;
+            let members = match listed {
+                Ok(Ok(resp)) => resp.into_inner().members,
+                Ok(Err(status)) => {
+                    last = status.message().to_string();
+                    continue;
+                }
+                Err(_) => {
+                    last = "member list timed out".into();
+                    continue;
+                }
+            };
+            let Some(id) = members.iter().find(|m| m.peer_ur_ls.iter().any(|u| u == peer_url)).map(|m| m.id) else {
+                return Ok(());
+            };
+            match tokio::time::timeout(Duration::from_secs(5), client.member_remove(pb::MemberRemoveRequest { id }))
+                .await
+            {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(status)) => last = status.message().to_string(),
+                Err(_) => last = "member remove timed out".into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds removed member `i` back (MemberAdd through another member, retried within `bound`)
+    /// and starts it empty with `--initial-cluster-state existing`.
+    pub async fn add_member(&mut self, i: usize, bound: Duration) -> Result<(), JepsenError> {
+        if !self.members[i].removed {
+            // The removal did not happen (it failed part-way); the member only needs to be up.
+            return self.restart(i);
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        let peer_url = self.members[i].peer_url.clone();
+        loop {
+            match self.try_add(i, &peer_url).await {
+                Ok(()) => break,
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    return Err(JepsenError::Fault(format!("adding {} back: {err}", self.members[i].name)));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        let member = &mut self.members[i];
+        member.removed = false;
+        member.rejoined = true;
+        self.spawn(i)
+    }
+
+    /// One attempt at adding the member with `peer_url`, asking a member other than `i`. Done
+    /// when it is listed (an earlier attempt whose answer was lost may have added it).
+    async fn try_add(&self, i: usize, peer_url: &str) -> Result<(), String> {
+        let mut last = String::from("no other member is up");
+        for other in (0..self.members.len()).filter(|&o| o != i && self.members[o].is_up() && !self.members[o].paused) {
+            let mut client = pb::cluster_client::ClusterClient::new(self.channel(other).map_err(|e| e.to_string())?);
+            let listed = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.member_list(pb::MemberListRequest { linearizable: true }),
+            )
+            .await;
+            match listed {
+                Ok(Ok(resp)) if resp.get_ref().members.iter().any(|m| m.peer_ur_ls.iter().any(|u| u == peer_url)) => {
+                    return Ok(());
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    last = status.message().to_string();
+                    continue;
+                }
+                Err(_) => {
+                    last = "member list timed out".into();
+                    continue;
+                }
+            }
+            let request = pb::MemberAddRequest { peer_ur_ls: vec![peer_url.to_string()], is_learner: false };
+            match tokio::time::timeout(Duration::from_secs(5), client.member_add(request)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(status)) => last = status.message().to_string(),
+                Err(_) => last = "member add timed out".into(),
+            }
+        }
+        Err(last)
     }
 
     /// SIGSTOPs member `i` (no-op when down or paused).
@@ -316,10 +496,16 @@ impl Cluster {
     /// member has caught up with it.
     pub async fn heal(&mut self, bound: Duration) -> Result<(), JepsenError> {
         for i in 0..self.members.len() {
+            self.set_clock_offset(i, 0)?;
             self.resume(i).await?;
-            self.restart(i)?;
         }
         let deadline = tokio::time::Instant::now() + bound;
+        for i in 0..self.members.len() {
+            if self.members[i].removed {
+                self.add_member(i, bound).await?;
+            }
+            self.restart(i)?;
+        }
         for i in 0..self.members.len() {
             self.wait_ready(i, deadline).await?;
         }
@@ -357,6 +543,15 @@ impl Cluster {
     pub fn log_file(&self, i: usize) -> &Path {
         &self.members[i].log_file
     }
+}
+
+/// Writes a libfaketime offset (`+30`, `-5`: seconds) to `file`, replacing it whole: libfaketime
+/// re-reads it every second and must never see half a line.
+fn write_clock_offset(file: &Path, offset_s: i64) -> Result<(), JepsenError> {
+    let partial = file.with_extension("faketime.new");
+    std::fs::write(&partial, format!("{offset_s:+}\n"))?;
+    std::fs::rename(&partial, file)?;
+    Ok(())
 }
 
 /// Sends `SIGname` to `pid` with kill(1), which needs no unsafe code here.

@@ -219,6 +219,90 @@ pub enum Op {
         /// The micro-operations, in order.
         mops: Vec<Mop>,
     },
+    /// Lease/lock workload: grant a lease of `ttl_s` seconds; the `ok` completion carries its id.
+    Grant {
+        /// The TTL asked for, in seconds.
+        ttl_s: i64,
+        /// The lease's id.
+        #[serde(default)]
+        lease: Option<i64>,
+    },
+    /// Lease/lock: one keep-alive of `lease`, made by the lease's keep-alive process; the `ok`
+    /// completion carries the TTL the server answered (`<= 0`: the lease no longer exists).
+    KeepAlive {
+        /// The lease.
+        lease: i64,
+        /// The TTL answered, in seconds.
+        #[serde(default)]
+        ttl: Option<i64>,
+    },
+    /// Lease/lock: acquire lock number `lock` with `lease` (etcd's Lock). The `ok` completion
+    /// carries the lock key, its create revision (the holder's fencing token) and a revision at
+    /// or after the one at which the lock was granted (that of a read made once Lock returned).
+    Acquire {
+        /// The lock's number.
+        lock: u64,
+        /// The lease the lock key is attached to.
+        lease: i64,
+        /// The lock key.
+        #[serde(default)]
+        key: Option<String>,
+        /// The key's create revision.
+        #[serde(default)]
+        fence: Option<i64>,
+        /// A revision at or after the grant.
+        #[serde(default)]
+        revision: Option<i64>,
+    },
+    /// Lease/lock: as the holder of `fence`, write to the lock's resource in a transaction
+    /// guarded by the lock key still having that create revision. The `ok` completion says
+    /// whether the guard held (`applied`) and carries the transaction's revision.
+    Fenced {
+        /// The lock's number.
+        lock: u64,
+        /// The holder's lease.
+        lease: i64,
+        /// The lock key.
+        key: String,
+        /// The holder's fencing token.
+        fence: i64,
+        /// Whether the guard held and the write happened.
+        #[serde(default)]
+        applied: Option<bool>,
+        /// The transaction's revision (the header revision when it did not apply).
+        #[serde(default)]
+        revision: Option<i64>,
+    },
+    /// Lease/lock: release the lock (etcd's Unlock of `key`); `ok` carries the revision.
+    Release {
+        /// The lock's number.
+        lock: u64,
+        /// The lock key.
+        key: String,
+        /// The holder's fencing token.
+        fence: i64,
+        /// The revision of the response.
+        #[serde(default)]
+        revision: Option<i64>,
+    },
+    /// Lease/lock: revoke `lease`.
+    Revoke {
+        /// The lease.
+        lease: i64,
+    },
+    /// Lease/lock: the worker stopped keeping `lease` alive without revoking it; from then on it
+    /// must expire. A marker: no request is sent, and it completes `ok` at once.
+    Abandon {
+        /// The lease.
+        lease: i64,
+    },
+    /// Lease/lock, after recovery and after every lease went unrefreshed for longer than its
+    /// TTL: the leases that still exist (etcd's LeaseLeases); `ok` carries them.
+    Leases {
+        /// The leases listed.
+        #[serde(default)]
+        ids: Option<Vec<i64>>,
+    },
     /// Nemesis: a fault begins (invoke) or has been put in place (ok).
     Start(Fault),
     /// Nemesis: a fault is healed.

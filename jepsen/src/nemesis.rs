@@ -2,7 +2,9 @@
 //! the history as a start/stop pair, and heals everything when the test ends.
 //!
 //! Faults are OS-level, never flags inside the server: SIGKILL and restart, SIGSTOP and SIGCONT,
-//! iptables drops between member addresses. Targets are drawn from the seed; leader-targeted
+//! iptables drops between member addresses, wall-clock skew through libfaketime (a bump to a fixed
+//! offset, or a strobe flipping between offsets every second), and membership changes (a member is
+//! removed through the Cluster API, loses its data, and is added back empty). Targets are drawn from the seed; leader-targeted
 //! variants ask the members who leads at that moment (falling back to a random member when they
 //! do not agree).
 //!
@@ -38,17 +40,23 @@ pub enum NemesisKind {
     Partition,
     /// Isolate the leader from every other member.
     PartitionLeader,
+    /// Skew members' wall clocks: bump them to an offset, or strobe between two.
+    Clock,
+    /// Remove a member (sometimes the leader) from the membership, wipe it, add it back.
+    Member,
 }
 
 impl NemesisKind {
     /// Every kind, in the order `all` enables them.
-    pub const ALL: [NemesisKind; 6] = [
+    pub const ALL: [NemesisKind; 8] = [
         NemesisKind::Kill,
         NemesisKind::KillLeader,
         NemesisKind::Pause,
         NemesisKind::PauseLeader,
         NemesisKind::Partition,
         NemesisKind::PartitionLeader,
+        NemesisKind::Clock,
+        NemesisKind::Member,
     ];
 
     fn name(self) -> &'static str {
@@ -59,6 +67,8 @@ impl NemesisKind {
             NemesisKind::PauseLeader => "pause-leader",
             NemesisKind::Partition => "partition",
             NemesisKind::PartitionLeader => "partition-leader",
+            NemesisKind::Clock => "clock",
+            NemesisKind::Member => "member",
         }
     }
 
@@ -101,12 +111,20 @@ pub fn parse_nemeses(text: &str) -> Result<Vec<NemesisKind>, JepsenError> {
 }
 
 /// How faults are applied; what healing must undo.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Applied {
     Killed(Vec<usize>),
     Paused(Vec<usize>),
     Partitioned,
+    Clock { targets: Vec<usize>, strobe: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> },
+    Removed(usize),
 }
+
+/// Largest wall-clock offset the clock nemesis sets, in seconds. Certificates are valid from an
+/// hour before they were made, so a member this far behind still accepts its peers'.
+const MAX_CLOCK_OFFSET_S: u64 = 600;
+/// How long a membership change may take (it needs a leader with a quorum).
+const MEMBERSHIP_BOUND: Duration = Duration::from_secs(30);
 
 /// The schedule: how long faults last and how long the cluster is left alone between them.
 #[derive(Clone, Copy, Debug)]
@@ -261,16 +279,67 @@ async fn start(
             (vec![leader], if known { "the leader".to_string() } else { "no agreed leader; a random member".into() })
         }
         NemesisKind::Partition => (Vec::new(), String::new()),
+        NemesisKind::Clock => {
+            // One member or a minority: a majority with skewed clocks is the same fault, seen
+            // from the other side.
+            let count = 1 + rng.below(((n - 1) / 2).max(1) as u64) as usize;
+            (subset(rng, n, count), String::new())
+        }
+        NemesisKind::Member => {
+            // One time in three the leader, whose removal forces an election.
+            if rng.chance(1.0 / 3.0) {
+                let (leader, known) = leader_or_random(cluster, rng).await;
+                (
+                    vec![leader],
+                    if known { "the leader".to_string() } else { "no agreed leader; a random member".into() },
+                )
+            } else {
+                (subset(rng, n, 1), String::new())
+            }
+        }
     };
     let base = match kind {
         NemesisKind::Kill | NemesisKind::KillLeader => "kill",
         NemesisKind::Pause | NemesisKind::PauseLeader => "pause",
         NemesisKind::Partition | NemesisKind::PartitionLeader => "partition",
+        NemesisKind::Clock => "clock",
+        NemesisKind::Member => "member",
     };
     let mut fault = Fault { kind: base.to_string(), targets: targets.iter().map(name).collect(), detail };
     let applied = match base {
         "kill" => Applied::Killed(targets),
         "pause" => Applied::Paused(targets),
+        "member" => Applied::Removed(targets[0]),
+        "clock" => {
+            let delta = (1 + rng.below(MAX_CLOCK_OFFSET_S)) as i64 * if rng.chance(0.5) { 1 } else { -1 };
+            recorder.record(Process::Nemesis, EventType::Invoke, Op::Start(fault.clone()), None, None);
+            if rng.chance(0.5) {
+                fault.detail = format!("bump {delta:+}s");
+                let result = targets.iter().try_for_each(|&i| cluster.set_clock_offset(i, delta));
+                return finish_start(recorder, fault, Applied::Clock { targets, strobe: None }, result);
+            }
+            fault.detail = format!("strobe between 0s and {delta:+}s every second");
+            let files: Vec<usize> = targets.clone();
+            let (stop_tx, mut stop_rx) = watch::channel(false);
+            let setter = cluster.clock_setter();
+            let task = tokio::spawn(async move {
+                let mut skewed = false;
+                loop {
+                    skewed = !skewed;
+                    for &i in &files {
+                        if let Err(err) = setter(i, if skewed { delta } else { 0 }) {
+                            tracing::warn!(%err, "setting a member's clock");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop_rx.wait_for(|s| *s) => return,
+                    }
+                }
+            });
+            let applied = Applied::Clock { targets, strobe: Some((stop_tx, task)) };
+            return finish_start(recorder, fault, applied, Ok(()));
+        }
         _ => {
             let leader = (kind == NemesisKind::PartitionLeader).then(|| targets[0]);
             let (cut, detail) = partition_grudge(rng, n, leader);
@@ -302,7 +371,8 @@ async fn start(
             }
             result
         }
-        Applied::Partitioned => Ok(()),
+        Applied::Removed(target) => cluster.remove_member(*target, MEMBERSHIP_BOUND).await,
+        Applied::Partitioned | Applied::Clock { .. } => Ok(()),
     };
     finish_start(recorder, fault, applied, result)
 }
@@ -345,6 +415,15 @@ async fn stop_fault(
             result
         }
         Applied::Partitioned => firewall.map_or(Ok(()), Firewall::heal),
+        Applied::Clock { targets, strobe } => {
+            if let Some((stop, task)) = strobe {
+                stop.send_replace(true);
+                // The strobe's loop ends at the next select; it never blocks.
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
+            targets.into_iter().try_for_each(|i| cluster.set_clock_offset(i, 0))
+        }
+        Applied::Removed(target) => cluster.add_member(target, MEMBERSHIP_BOUND).await,
     };
     match result {
         Ok(()) => {

@@ -520,6 +520,14 @@ fn op_name(op: &Op) -> &'static str {
         Op::Put { .. } => "put",
         Op::Delete { .. } => "delete",
         Op::Watch { .. } => "watch",
+        Op::Grant { .. } => "grant",
+        Op::KeepAlive { .. } => "keep_alive",
+        Op::Acquire { .. } => "acquire",
+        Op::Fenced { .. } => "fenced",
+        Op::Release { .. } => "release",
+        Op::Revoke { .. } => "revoke",
+        Op::Abandon { .. } => "abandon",
+        Op::Leases { .. } => "leases",
         Op::Start(_) => "start",
         Op::Stop(_) => "stop",
     }
@@ -563,6 +571,35 @@ fn op_args(op: &Op, kind: EventType) -> String {
             }
             text
         }
+        Op::Grant { ttl_s, lease } => match lease {
+            Some(lease) => format!("ttl={ttl_s}s lease={lease:x}"),
+            None => format!("ttl={ttl_s}s"),
+        },
+        Op::KeepAlive { lease, ttl } => match ttl {
+            Some(ttl) => format!("lease={lease:x} ttl={ttl}"),
+            None => format!("lease={lease:x}"),
+        },
+        Op::Acquire { lock, lease, fence, revision, .. } => match (fence, revision) {
+            (Some(fence), Some(revision)) => format!("lock={lock} lease={lease:x} fence={fence} granted@{revision}"),
+            _ => format!("lock={lock} lease={lease:x}"),
+        },
+        Op::Fenced { lock, fence, applied, revision, .. } => match (applied, revision) {
+            (Some(applied), Some(revision)) => format!("lock={lock} fence={fence} applied={applied} rev={revision}"),
+            _ => format!("lock={lock} fence={fence}"),
+        },
+        Op::Release { lock, fence, revision, .. } => match revision {
+            Some(revision) => format!("lock={lock} fence={fence} rev={revision}"),
+            None => format!("lock={lock} fence={fence}"),
+        },
+        Op::Revoke { lease } | Op::Abandon { lease } => format!("lease={lease:x}"),
+        Op::Leases { ids } => match ids {
+            Some(ids) => format!(
+                "{} leases: {}",
+                ids.len(),
+                ids.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(" ")
+            ),
+            None => String::new(),
+        },
         Op::Start(fault) | Op::Stop(fault) => {
             let mut text = format!("{} [{}]", fault.kind, fault.targets.join(", "));
             if !fault.detail.is_empty() {

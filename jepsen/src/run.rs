@@ -32,6 +32,8 @@ pub enum WorkloadKind {
     Append,
     /// Writers and watchers, checked against etcd's watch guarantees.
     Watch,
+    /// Lock holders with leases and fenced writes, checked for exclusion and lease expiry.
+    Lease,
 }
 
 impl std::str::FromStr for WorkloadKind {
@@ -42,7 +44,10 @@ impl std::str::FromStr for WorkloadKind {
             "register" => Ok(WorkloadKind::Register),
             "append" => Ok(WorkloadKind::Append),
             "watch" => Ok(WorkloadKind::Watch),
-            other => Err(JepsenError::Usage(format!("unknown workload {other:?}; known: register, append, watch"))),
+            "lease" => Ok(WorkloadKind::Lease),
+            other => {
+                Err(JepsenError::Usage(format!("unknown workload {other:?}; known: register, append, watch, lease")))
+            }
         }
     }
 }
@@ -53,6 +58,7 @@ impl std::fmt::Display for WorkloadKind {
             WorkloadKind::Register => "register",
             WorkloadKind::Append => "append",
             WorkloadKind::Watch => "watch",
+            WorkloadKind::Lease => "lease",
         })
     }
 }
@@ -92,6 +98,11 @@ pub struct TestOptions {
     pub base_ip: std::net::Ipv4Addr,
     /// The command line that reproduces this test, for the report.
     pub command: String,
+    /// Client URLs of a cluster this test does not start (any etcd v3 endpoints); empty: start
+    /// a Keel cluster.
+    pub endpoints: Vec<String>,
+    /// Client TLS for `endpoints`: CA, and certificate and key to present.
+    pub endpoint_tls: keel_store::tls::TlsFiles,
 }
 
 /// What a test concluded.
@@ -112,6 +123,11 @@ pub struct TestOutcome {
 /// Runs one test.
 pub async fn run(options: TestOptions) -> Result<TestOutcome, JepsenError> {
     validate(&options)?;
+    if !options.endpoints.is_empty() {
+        return run_external(options).await;
+    }
+    let faketime =
+        if options.nemeses.contains(&NemesisKind::Clock) { Some(crate::cluster::find_faketime()?) } else { None };
     prepare_out_dir(&options.out)?;
     let firewall = if options.nemeses.iter().any(|k| k.needs_firewall()) { Some(Firewall::install()?) } else { None };
     let spec = ClusterSpec {
@@ -120,10 +136,11 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, JepsenError> {
         dir: options.out.clone(),
         planted_bugs: options.planted_bugs.clone(),
         base_ip: options.base_ip,
+        faketime,
     };
     tracing::info!(nodes = options.nodes, out = %options.out.display(), "starting the cluster");
     let mut cluster = Cluster::start(spec).await?;
-    let result = exercise(&options, &mut cluster, firewall.as_ref()).await;
+    let result = exercise(&options, Target::Started(&mut cluster, firewall.as_ref())).await;
     // Teardown, whatever happened above.
     if let Some(firewall) = &firewall
         && let Err(err) = firewall.heal()
@@ -136,6 +153,69 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, JepsenError> {
     finish(&options, history, faults, interrupted, findings).await
 }
 
+/// Runs the workload against endpoints of a cluster this test did not start: no faults (they
+/// need the members' processes) and no recovery check, and keys under `jepsen/` must not exist
+/// yet, so that nothing of an earlier run (or of anyone else) is mistaken for this run's writes.
+async fn run_external(options: TestOptions) -> Result<TestOutcome, JepsenError> {
+    if !options.nemeses.is_empty() {
+        return Err(JepsenError::Usage(
+            "--endpoints runs against a cluster this test did not start, and faults need its processes; \
+             use --nemesis none"
+                .into(),
+        ));
+    }
+    let files = &options.endpoint_tls;
+    let tls = if files.trusted_ca_file.is_some() || files.cert_file.is_some() {
+        Some(
+            keel_store::tls::ClientTls::new(files.clone())
+                .map_err(|err| JepsenError::Usage(format!("client TLS for --endpoints: {err}")))?,
+        )
+    } else {
+        None
+    };
+    let mut members = Vec::new();
+    for url in &options.endpoints {
+        let name = url.split("://").nth(1).unwrap_or(url).to_string();
+        let channel = keel_store::tls::lazy_channel(url, tls.clone(), None, |e| {
+            e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+        })
+        .map_err(|err| JepsenError::Usage(format!("endpoint {url}: {err}")))?;
+        members.push((name, channel));
+    }
+    let mut kv = keel_proto::etcdserverpb::kv_client::KvClient::new(members[0].1.clone());
+    let probe = keel_proto::etcdserverpb::RangeRequest {
+        key: b"jepsen/".to_vec(),
+        range_end: b"jepsen0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    let found = tokio::time::timeout(options.op_timeout, kv.range(probe))
+        .await
+        .map_err(|_| {
+            JepsenError::Setup(format!("{} did not answer within {:?}", options.endpoints[0], options.op_timeout))
+        })?
+        .map_err(|status| JepsenError::Setup(format!("{}: {}", options.endpoints[0], status.message())))?;
+    if found.get_ref().count > 0 {
+        return Err(JepsenError::Usage(format!(
+            "the endpoints already hold {} keys under jepsen/ (an earlier run?); this test would mistake them for \
+             its own writes. Delete them first (etcdctl del --prefix jepsen/) or use a fresh cluster",
+            found.get_ref().count
+        )));
+    }
+    prepare_out_dir(&options.out)?;
+    tracing::info!(endpoints = ?options.endpoints, out = %options.out.display(), "running against external endpoints");
+    let (history, faults, interrupted, findings) = exercise(&options, Target::External(members)).await?;
+    finish(&options, history, faults, interrupted, findings).await
+}
+
+/// What the workload runs against.
+enum Target<'a> {
+    /// A cluster this test started (and the firewall, when partitions are enabled).
+    Started(&'a mut Cluster, Option<&'a Firewall>),
+    /// Endpoints of some other cluster, by name and channel.
+    External(Vec<(String, tonic::transport::Channel)>),
+}
+
 fn validate(options: &TestOptions) -> Result<(), JepsenError> {
     if options.concurrency == 0 {
         return Err(JepsenError::Usage("--concurrency must be at least 1".into()));
@@ -146,7 +226,7 @@ fn validate(options: &TestOptions) -> Result<(), JepsenError> {
     if options.time_limit.is_zero() {
         return Err(JepsenError::Usage("--time-limit must be positive".into()));
     }
-    if !options.binary.is_file() {
+    if options.endpoints.is_empty() && !options.binary.is_file() {
         return Err(JepsenError::Usage(format!("no keel binary at {}", options.binary.display())));
     }
     Ok(())
@@ -163,18 +243,15 @@ fn prepare_out_dir(out: &Path) -> Result<(), JepsenError> {
     Ok(())
 }
 
-/// The process number of the reference watch, far from any worker's.
+/// The process number of the watch workload's reference watch and of the lease workload's final
+/// listing, far from any worker's.
 const REFERENCE_PROCESS: u64 = 1_000_000_000;
 
 type Exercised = (History, usize, bool, Vec<CheckResult>);
 
 /// Runs workers and nemesis, then heals and waits for recovery. Returns the history, the number
 /// of faults, whether a signal cut the test short, and findings about the cluster itself.
-async fn exercise(
-    options: &TestOptions,
-    cluster: &mut Cluster,
-    firewall: Option<&Firewall>,
-) -> Result<Exercised, JepsenError> {
+async fn exercise(options: &TestOptions, mut target: Target<'_>) -> Result<Exercised, JepsenError> {
     let recorder = Arc::new(Recorder::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -201,19 +278,23 @@ async fn exercise(
         WorkloadKind::Register => Workload::Register(workload::register::Register::new(options.ops_per_key)),
         WorkloadKind::Append => Workload::Append(workload::append::Append::new()),
         WorkloadKind::Watch => Workload::Watch(workload::watch::Watch::new()),
+        WorkloadKind::Lease => Workload::Lease(workload::lease::LeaseLock::new()),
     };
-    let members: Vec<(String, tonic::transport::Channel)> = (0..cluster.members.len())
-        .map(|i| cluster.channel(i).map(|channel| (cluster.members[i].name.clone(), channel)))
-        .collect::<Result<_, _>>()?;
+    let members: Vec<(String, tonic::transport::Channel)> = match &target {
+        Target::Started(cluster, _) => (0..cluster.members.len())
+            .map(|i| cluster.channel(i).map(|channel| (cluster.members[i].name.clone(), channel)))
+            .collect::<Result<_, _>>()?,
+        Target::External(members) => members.clone(),
+    };
     let ctx = Arc::new(WorkerContext { op_timeout: options.op_timeout });
     let mean_delay = Duration::from_secs_f64(options.concurrency as f64 / options.rate);
     let mut workers = Vec::new();
     for worker in 0..options.concurrency {
-        let node = (worker as usize) % cluster.members.len();
+        let node = (worker as usize) % members.len();
         let spec = WorkerSpec {
             worker,
             concurrency: options.concurrency,
-            node: cluster.members[node].name.clone(),
+            node: members[node].0.clone(),
             channel: members[node].1.clone(),
             members: members.clone(),
             node_index: node,
@@ -231,13 +312,21 @@ async fn exercise(
 
     let schedule = Schedule { interval: options.interval };
     let nemesis_rng = Rng::stream(options.seed, 0);
-    let faults =
-        nemesis::run(cluster, firewall, &options.nemeses, schedule, nemesis_rng, recorder.clone(), stop_rx.clone())
-            .await;
+    let faults = match &mut target {
+        Target::Started(cluster, firewall) => {
+            nemesis::run(cluster, *firewall, &options.nemeses, schedule, nemesis_rng, recorder.clone(), stop_rx.clone())
+                .await
+        }
+        Target::External(_) => {
+            let _ = stop_rx.clone().wait_for(|s| *s).await;
+            Ok(0)
+        }
+    };
 
     // Workers notice the stop before their next operation; the one in flight is bounded by the
-    // operation timeout.
-    let worker_bound = options.op_timeout * 2 + mean_delay * 2 + Duration::from_secs(1);
+    // operation timeout. A lock holder first winds down what it holds: an unlock, its keep-alive
+    // process (one keep-alive in flight) and a revoke, each bounded the same way.
+    let worker_bound = options.op_timeout * 5 + mean_delay * 2 + Duration::from_secs(1);
     for worker in workers {
         if tokio::time::timeout(worker_bound, worker).await.is_err() {
             tracing::warn!("a worker did not stop in time");
@@ -247,18 +336,29 @@ async fn exercise(
     let faults = faults?;
 
     let mut findings = Vec::new();
-    let crashed = cluster.crashed();
-    if let Some(firewall) = firewall {
-        firewall.heal()?;
-    }
-    tracing::info!("healing every member and waiting for recovery");
-    let recovery = cluster.heal(options.recovery_timeout).await;
-    findings.push(cluster_result(&crashed, recovery.as_ref().err()));
+    let recovery = match &mut target {
+        Target::Started(cluster, firewall) => {
+            let crashed = cluster.crashed();
+            if let Some(firewall) = firewall {
+                firewall.heal()?;
+            }
+            tracing::info!("healing every member and waiting for recovery");
+            let recovery = cluster.heal(options.recovery_timeout).await;
+            findings.push(cluster_result(&crashed, recovery.as_ref().err()));
+            recovery
+        }
+        Target::External(_) => Ok(()),
+    };
     if options.workload == WorkloadKind::Watch && recovery.is_ok() {
         // The true sequence of changes, read once the cluster is whole again.
         if let Err(err) = workload::watch::reference(&ctx, members[0].1.clone(), &recorder, REFERENCE_PROCESS).await {
             tracing::warn!(%err, "the reference watch did not complete");
         }
+    }
+    if options.workload == WorkloadKind::Lease && recovery.is_ok() {
+        tracing::info!("waiting for every abandoned lease to expire, then listing the leases left");
+        let (name, channel) = &members[0];
+        workload::lease::final_listing(&ctx, channel.clone(), name, &recorder, REFERENCE_PROCESS).await;
     }
     let interrupted = interrupted.load(std::sync::atomic::Ordering::Relaxed);
     Ok((recorder.history(), faults, interrupted, findings))
@@ -321,6 +421,7 @@ async fn finish(
             WorkloadKind::Register => checker::register::check(&history, &checker::register::Limits::default()),
             WorkloadKind::Append => checker::append::check(&history),
             WorkloadKind::Watch => checker::watch::check(&history),
+            WorkloadKind::Lease => checker::lease::check(&history, workload::lease::EXPIRY_BOUND),
         };
         (history, checked)
     })

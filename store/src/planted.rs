@@ -21,11 +21,15 @@ pub enum PlantedBug {
     /// Live watch delivery silently skips every revision divisible by 13 (watchers catching up
     /// from storage still get it), as a hub that loses an event under load would.
     SkipWatchEvent,
+    /// A keep-alive renews a lease for only a quarter of its TTL while answering the full TTL, as
+    /// a leader whose timer ran four times too fast would: leases kept alive expire.
+    ShortKeepAlive,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 3] = [PlantedBug::StaleRead, PlantedBug::AckBeforeFsync, PlantedBug::SkipWatchEvent];
+    pub const ALL: [PlantedBug; 4] =
+        [PlantedBug::StaleRead, PlantedBug::AckBeforeFsync, PlantedBug::SkipWatchEvent, PlantedBug::ShortKeepAlive];
 
     /// The bug named `name`, if there is one.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -38,6 +42,7 @@ impl PlantedBug {
             PlantedBug::StaleRead => "stale-read",
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
             PlantedBug::SkipWatchEvent => "skip-watch-event",
+            PlantedBug::ShortKeepAlive => "short-keep-alive",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! it gives up (a search bound reached) it says `unknown`.
 
 pub mod append;
+pub mod lease;
 pub mod register;
 pub mod watch;
 

@@ -191,7 +191,8 @@ fn collect(pairs: &[Pair<'_>]) -> Collected {
             }
             Op::Write { key, value } => (*key, Kind::Write(*value)),
             Op::Cas { key, from, to } => (*key, Kind::Cas { from: *from, to: *to }),
-            Op::Txn { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Watch { .. } | Op::Start(_) | Op::Stop(_) => {
+            // Every other workload's operations, and the nemesis's, are not register operations.
+            _ => {
                 continue;
             }
         };

@@ -7,6 +7,7 @@
 //! a worker stops within one timeout of the end of the test.
 
 pub mod append;
+pub mod lease;
 pub mod register;
 pub mod watch;
 
@@ -28,6 +29,8 @@ pub enum Workload {
     Append(Arc<append::Append>),
     /// Puts and deletes followed by watchers.
     Watch(Arc<watch::Watch>),
+    /// Lock holders with leases, fencing their writes.
+    Lease(Arc<lease::LeaseLock>),
 }
 
 /// An operation's outcome.
@@ -158,6 +161,9 @@ pub async fn run_worker(
     {
         return watch::run_watcher(ctx, spec.members, spec.node_index, spec.worker, recorder, rng, stop).await;
     }
+    if let Workload::Lease(lease) = &workload {
+        return lease::run_holder(spec, lease.clone(), ctx, recorder, rng, stop).await;
+    }
     let mut process = spec.worker;
     let mut invoked = 0;
     let mut last_seen = None;
@@ -173,6 +179,7 @@ pub async fn run_worker(
             Workload::Register(register) => register.next_op(&mut rng, &mut last_seen),
             Workload::Append(append) => append.next_op(&mut rng),
             Workload::Watch(watch) => watch.next_op(&mut rng),
+            Workload::Lease(_) => unreachable!("holders run their own loop"),
         };
         recorder.record(Process::Client(process), EventType::Invoke, op.clone(), Some(spec.node.clone()), None);
         invoked += 1;
@@ -180,6 +187,7 @@ pub async fn run_worker(
             Workload::Register(_) => register::invoke(&ctx, spec.channel.clone(), &op, &mut last_seen).await,
             Workload::Append(_) => append::invoke(&ctx, spec.channel.clone(), &op).await,
             Workload::Watch(_) => watch::invoke(&ctx, spec.channel.clone(), &op).await,
+            Workload::Lease(_) => unreachable!("holders run their own loop"),
         };
         let node = Some(spec.node.clone());
         match outcome {
