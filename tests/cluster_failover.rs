@@ -1,6 +1,7 @@
 //! Failover: SIGKILL the leader of a 3- or 5-member cluster during a stream of writes. A new leader
 //! is elected, the stream continues, and afterwards every acknowledged write is present on every
-//! member, the killed one included once it restarts.
+//! member, the killed one included once it restarts. And a leader cut off from its quorum renews
+//! no lease.
 
 mod support;
 
@@ -86,4 +87,48 @@ async fn three_member_cluster_survives_a_leader_kill_without_losing_acknowledged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_member_cluster_survives_a_leader_kill_without_losing_acknowledged_writes() {
     leader_kill_loses_no_acknowledged_write(5).await;
+}
+
+/// A leader that no quorum answers must not renew leases: a leader elected meanwhile among the
+/// others restarted every lease's TTL at its election and would expire the lease before the TTL
+/// this one promised. With both followers paused the leader still runs and hears its client,
+/// but a keep-alive through it gets no positive answer; once they resume, keep-alives work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_renews_no_lease() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let mut client = cluster.client_for(&[leader]).await;
+    let lease = client.lease_grant(60, None).await.expect("grant").id();
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        cluster.process(i).signal("STOP");
+    }
+    let renewed = async {
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+        keeper.keep_alive().await?;
+        answers.message().await
+    };
+    // Nothing can confirm the leadership while the followers are stopped, so a positive answer
+    // can only come from renewing without that confirmation. 10 s is longer than the member's
+    // request timeout (5 s and two election timeouts), after which a correct member has answered
+    // with an error.
+    if let Ok(Ok(Some(answer))) = tokio::time::timeout(Duration::from_secs(10), renewed).await {
+        assert!(answer.ttl() <= 0, "renewed for {}s by a leader without a quorum", answer.ttl());
+    }
+    for &i in &followers {
+        cluster.process(i).signal("CONT");
+    }
+    let deadline = tokio::time::Instant::now() + READY_BOUND;
+    loop {
+        let mut client = cluster.client_for(&[0, 1, 2]).await;
+        if let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await
+            && keeper.keep_alive().await.is_ok()
+            && let Ok(Ok(Some(answer))) = tokio::time::timeout(Duration::from_secs(5), answers.message()).await
+            && answer.ttl() > 0
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "keep-alives did not work again after the followers resumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

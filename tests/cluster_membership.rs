@@ -220,5 +220,17 @@ async fn bad_membership_requests_are_refused_and_change_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "membership never returned to {before:?}: {members:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = &mut cluster;
+
+    // A member started to join although nobody added it is refused with what to do, once the
+    // members had time to apply any add in flight; the membership stays as it was.
+    let stranger = cluster.reserve_member();
+    cluster.spawn(stranger, "existing");
+    let deadline = tokio::time::Instant::now() + READY_BOUND;
+    while cluster.process(stranger).is_running() {
+        assert!(tokio::time::Instant::now() < deadline, "a member nobody added kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = cluster.log(stranger);
+    assert!(log.contains("the cluster has no member with peer URLs") && log.contains("add it first"), "{log}");
+    assert_eq!(client.member_list().await.unwrap().members(), before.as_slice(), "membership unchanged");
 }

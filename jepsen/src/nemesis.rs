@@ -8,8 +8,9 @@
 //! variants ask the members who leads at that moment (falling back to a random member when they
 //! do not agree).
 //!
-//! Invariants: at most one fault is in place at a time; every started fault is stopped (healed)
-//! before `run` returns, even when the test is cut short; every wait is bounded.
+//! Invariants: at most two faults are in place at a time, and then of different kinds (one step
+//! in three overlaps a second kind when several are enabled); every started fault is stopped
+//! (healed) before `run` returns, even when the test is cut short; every wait is bounded.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -67,6 +68,18 @@ impl NemesisKind {
             NemesisKind::PauseLeader => "pause-leader",
             NemesisKind::Partition => "partition",
             NemesisKind::PartitionLeader => "partition-leader",
+            NemesisKind::Clock => "clock",
+            NemesisKind::Member => "member",
+        }
+    }
+
+    /// The fault this kind injects, whatever its targets: `kill`, `pause`, `partition`, `clock`
+    /// or `member`. Two faults overlap only when their bases differ.
+    fn base(self) -> &'static str {
+        match self {
+            NemesisKind::Kill | NemesisKind::KillLeader => "kill",
+            NemesisKind::Pause | NemesisKind::PauseLeader => "pause",
+            NemesisKind::Partition | NemesisKind::PartitionLeader => "partition",
             NemesisKind::Clock => "clock",
             NemesisKind::Member => "member",
         }
@@ -154,20 +167,51 @@ pub async fn run(
         if sleep_or_stop(&mut stop, jitter(&mut rng, schedule.interval)).await {
             return Ok(injected);
         }
-        let kind = *rng.pick(kinds);
-        let (fault, applied) = match start(cluster, firewall, kind, &mut rng, &recorder).await {
-            Ok(started) => started,
-            Err(err) => {
-                tracing::warn!(%err, %kind, "could not inject a fault");
-                continue;
+        let mut chosen = vec![*rng.pick(kinds)];
+        // One time in three, when faults of another kind are enabled, a second one overlaps the
+        // first: a partition while a member is down, a skewed clock on a paused leader, ...
+        let others: Vec<NemesisKind> = kinds.iter().copied().filter(|k| k.base() != chosen[0].base()).collect();
+        if !others.is_empty() && rng.chance(1.0 / 3.0) {
+            chosen.push(*rng.pick(&others));
+        }
+        // A membership change goes first, while the cluster still has its quorum.
+        chosen.sort_by_key(|k| k.base() != "member");
+        let mut active = Vec::new();
+        for kind in chosen {
+            match start(cluster, firewall, kind, &mut rng, &recorder).await {
+                Ok(started) => {
+                    injected += 1;
+                    active.push(started);
+                }
+                Err(err) => tracing::warn!(%err, %kind, "could not inject a fault"),
             }
-        };
-        injected += 1;
+        }
+        if active.is_empty() {
+            continue;
+        }
         sleep_or_stop(&mut stop, jitter(&mut rng, schedule.interval)).await;
-        stop_fault(cluster, firewall, fault, applied, &recorder).await?;
+        // Heal in the order that lets each step succeed: the network first, then processes, and
+        // a removed member last, when a quorum is there to add it back.
+        active.sort_by_key(|(fault, _)| heal_order(&fault.kind));
+        let mut healed = Ok(());
+        for (fault, applied) in active {
+            healed = healed.and(stop_fault(cluster, firewall, fault, applied, &recorder).await);
+        }
+        healed?;
         if *stop.borrow() {
             return Ok(injected);
         }
+    }
+}
+
+/// Where a fault of this kind comes in the healing order.
+fn heal_order(kind: &str) -> u8 {
+    match kind {
+        "partition" => 0,
+        "pause" => 1,
+        "kill" => 2,
+        "clock" => 3,
+        _ => 4,
     }
 }
 
@@ -298,13 +342,7 @@ async fn start(
             }
         }
     };
-    let base = match kind {
-        NemesisKind::Kill | NemesisKind::KillLeader => "kill",
-        NemesisKind::Pause | NemesisKind::PauseLeader => "pause",
-        NemesisKind::Partition | NemesisKind::PartitionLeader => "partition",
-        NemesisKind::Clock => "clock",
-        NemesisKind::Member => "member",
-    };
+    let base = kind.base();
     let mut fault = Fault { kind: base.to_string(), targets: targets.iter().map(name).collect(), detail };
     let applied = match base {
         "kill" => Applied::Killed(targets),

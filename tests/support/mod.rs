@@ -148,6 +148,18 @@ impl KeelProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id, while the process has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `SIGname` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("a running process");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill(1)");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())

@@ -150,6 +150,27 @@ impl Member {
         }
     }
 
+    /// Confirms with a quorum that this member still leads; `NotLeader` when it does not, and a
+    /// timeout when no quorum answers within the request timeout.
+    pub async fn confirm_leadership(&self) -> Result<(), StoreError> {
+        let mut retry = Retry::new(self.request_timeout);
+        loop {
+            match tokio::time::timeout(retry.remaining(), self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+                Err(_) => return Err(StoreError::Timeout),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                    return Err(StoreError::NotLeader);
+                }
+                // No quorum answered: retry while the deadline allows.
+                Ok(Err(RaftError::APIError(_))) => {}
+            }
+            if !retry.wait().await {
+                return Err(StoreError::Timeout);
+            }
+        }
+    }
+
     async fn await_applied(&self, read_log_id: LogId, timeout: Duration) -> Result<(), StoreError> {
         let linearizer = Linearizer::new(self.member_id, ReadLogId::from_log_id(read_log_id), None);
         match linearizer.try_await_ready(&self.raft, Some(timeout)).await {

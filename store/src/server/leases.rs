@@ -1,7 +1,8 @@
 //! Lease keep-alives and lookups, and the leader's expiry loop.
 //!
 //! Deadlines live only on the leader (etcd's design), so a follower forwards keep-alives and
-//! time-to-live lookups to it. Expired leases are revoked through the log in bounded batches: at
+//! time-to-live lookups to it. A keep-alive is answered only after a quorum confirmed that this
+//! member still leads: a deposed leader that has not noticed yet must not renew. Expired leases are revoked through the log in bounded batches: at
 //! most `EXPIRE_PER_ENTRY` leases per entry and `EXPIRE_ENTRIES_PER_TICK` entries per tick, so a
 //! storm of expiries never occupies the apply path for long and other requests keep flowing.
 
@@ -71,7 +72,15 @@ impl Member {
             return Err(StoreError::NotLeader);
         }
         match req {
-            LeaseRequest::Renew { id } => Ok(LeaseReply::Renewed { ttl: lessor.renew(*id)? }),
+            LeaseRequest::Renew { id } => {
+                // A leader cut off from the others still believes it leads until it learns
+                // otherwise, while a new leader has already restarted every lease's TTL from its
+                // election. Renewing there would promise the client a TTL the real leader never
+                // heard of, and the lease would expire before it. So leadership is confirmed with
+                // a quorum first (etcd does the same since 3.5.13).
+                self.confirm_leadership().await?;
+                Ok(LeaseReply::Renewed { ttl: lessor.renew(*id)? })
+            }
             LeaseRequest::TimeToLive { id, keys } => {
                 // Reflect every grant and revoke committed before the lookup.
                 self.wait_applied().await?;

@@ -427,7 +427,15 @@ fn sorted(urls: &[String]) -> Vec<String> {
     urls
 }
 
+/// Rounds (half a second apart) in which members answer without listing a joining member before
+/// it gives up: long enough for a just-committed `MemberAdd` to be applied everywhere.
+const NOT_LISTED_ROUNDS: u32 = 6;
+
 /// Asks the existing members (bounded retries) for the id a `MemberAdd` gave these peer URLs.
+///
+/// A member that answers without listing them may simply not have applied the `MemberAdd` yet
+/// (the add returns once the leader committed it), so every member is asked, and a refusal comes
+/// only after [`NOT_LISTED_ROUNDS`] rounds in which members answered and none listed them.
 async fn join(
     peers: &Peers,
     others: &[String],
@@ -441,21 +449,16 @@ async fn join(
     }
     let deadline = tokio::time::Instant::now() + JOIN_BOUND;
     let mut last_error = String::new();
+    let mut not_listed_rounds = 0;
     loop {
+        let mut answered = false;
         for url in others {
             match peers.cluster_info(url, timeout).await {
                 Ok(info) => {
-                    return info
-                        .members
-                        .iter()
-                        .find(|m| sorted(&m.peer_urls) == own_urls)
-                        .map(|m| (m.id, info.cluster_id))
-                        .ok_or_else(|| {
-                            StartError::Join(format!(
-                                "the cluster has no member with peer URLs {}; add it first (etcdctl member add)",
-                                own_urls.join(",")
-                            ))
-                        });
+                    if let Some(member) = info.members.iter().find(|m| sorted(&m.peer_urls) == own_urls) {
+                        return Ok((member.id, info.cluster_id));
+                    }
+                    answered = true;
                 }
                 Err(err) => {
                     let err = err.to_string();
@@ -464,6 +467,15 @@ async fn join(
                     }
                     last_error = err;
                 }
+            }
+        }
+        if answered {
+            not_listed_rounds += 1;
+            if not_listed_rounds >= NOT_LISTED_ROUNDS {
+                return Err(StartError::Join(format!(
+                    "the cluster has no member with peer URLs {}; add it first (etcdctl member add)",
+                    own_urls.join(",")
+                )));
             }
         }
         if tokio::time::Instant::now() >= deadline {
