@@ -1,7 +1,13 @@
 //! Tests of the report module: each named after the property it protects.
 
+use super::model::{Model, fault_windows};
+use super::svg::{TimeAxis, c};
+use super::text::{fmt_duration, fmt_num, fmt_secs};
+use super::throughput::{throughput_bucket_ns, throughput_counts};
+use super::timeline::MAX_TIMELINE_MARKS;
 use super::*;
 use crate::checker::Anomaly;
+use crate::history::{Event, EventType, Fault, Mop, Op, Process};
 
 /// Builds histories in order, numbering events and stamping times in milliseconds.
 #[derive(Default)]

@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
+use super::locks::MinTree;
 use super::*;
-use crate::history::Fault;
+use crate::history::{EventType, Fault};
 use EventType::{Fail, Info, Ok as Done};
 
 /// A TTL used throughout, in seconds.

@@ -1,7 +1,10 @@
 //! Tests of the register module: each named after the property it protects.
 
+use super::minimize::{Weakening, cut, shrink, weaken};
+use super::search::Budget;
 use super::*;
-use crate::history::{Fault, Mop, Process};
+use crate::checker::Anomaly;
+use crate::history::{Event, Fault, Mop, Process};
 
 /// Builds histories by hand: events are numbered as they are added.
 #[derive(Default)]
