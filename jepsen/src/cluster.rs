@@ -339,17 +339,10 @@ impl Cluster {
     /// it and deletes its data directory. Retries within `bound`, since the request needs a
     /// leader with a quorum.
     pub async fn remove_member(&mut self, i: usize, bound: Duration) -> Result<(), JepsenError> {
-        let deadline = tokio::time::Instant::now() + bound;
         let peer_url = self.members[i].peer_url.clone();
-        loop {
-            match self.try_remove(i, &peer_url).await {
-                Ok(()) => break,
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(JepsenError::Fault(format!("removing {}: {err}", self.members[i].name)));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        }
+        retry_within(bound, || self.try_remove(i, &peer_url))
+            .await
+            .map_err(|err| JepsenError::Fault(format!("removing {}: {err}", self.members[i].name)))?;
         self.kill(i).await?;
         let member = &mut self.members[i];
         member.removed = true;
@@ -363,21 +356,11 @@ impl Cluster {
     /// than `i`. Done when it is no longer listed.
     async fn try_remove(&self, i: usize, peer_url: &str) -> Result<(), String> {
         let mut last = String::from("no other member is up");
-        for other in (0..self.members.len()).filter(|&o| o != i && self.members[o].is_up() && !self.members[o].paused) {
-            let mut client = pb::cluster_client::ClusterClient::new(self.channel(other).map_err(|e| e.to_string())?);
-            let listed = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.member_list(pb::MemberListRequest { linearizable: true }),
-            )
-            .await;
-            let members = match listed {
-                Ok(Ok(resp)) => resp.into_inner().members,
-                Ok(Err(status)) => {
-                    last = status.message().to_string();
-                    continue;
-                }
-                Err(_) => {
-                    last = "member list timed out".into();
+        for other in self.others(i) {
+            let (mut client, members) = match self.member_list(other).await {
+                Ok(listed) => listed,
+                Err(err) => {
+                    last = err;
                     continue;
                 }
             };
@@ -402,17 +385,10 @@ impl Cluster {
             // The removal did not happen (it failed part-way); the member only needs to be up.
             return self.restart(i);
         }
-        let deadline = tokio::time::Instant::now() + bound;
         let peer_url = self.members[i].peer_url.clone();
-        loop {
-            match self.try_add(i, &peer_url).await {
-                Ok(()) => break,
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(JepsenError::Fault(format!("adding {} back: {err}", self.members[i].name)));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        }
+        retry_within(bound, || self.try_add(i, &peer_url))
+            .await
+            .map_err(|err| JepsenError::Fault(format!("adding {} back: {err}", self.members[i].name)))?;
         let member = &mut self.members[i];
         member.removed = false;
         member.rejoined = true;
@@ -423,26 +399,16 @@ impl Cluster {
     /// when it is listed (an earlier attempt whose answer was lost may have added it).
     async fn try_add(&self, i: usize, peer_url: &str) -> Result<(), String> {
         let mut last = String::from("no other member is up");
-        for other in (0..self.members.len()).filter(|&o| o != i && self.members[o].is_up() && !self.members[o].paused) {
-            let mut client = pb::cluster_client::ClusterClient::new(self.channel(other).map_err(|e| e.to_string())?);
-            let listed = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.member_list(pb::MemberListRequest { linearizable: true }),
-            )
-            .await;
-            match listed {
-                Ok(Ok(resp)) if resp.get_ref().members.iter().any(|m| m.peer_ur_ls.iter().any(|u| u == peer_url)) => {
-                    return Ok(());
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => {
-                    last = status.message().to_string();
+        for other in self.others(i) {
+            let (mut client, members) = match self.member_list(other).await {
+                Ok(listed) => listed,
+                Err(err) => {
+                    last = err;
                     continue;
                 }
-                Err(_) => {
-                    last = "member list timed out".into();
-                    continue;
-                }
+            };
+            if members.iter().any(|m| m.peer_ur_ls.iter().any(|u| u == peer_url)) {
+                return Ok(());
             }
             let request = pb::MemberAddRequest { peer_ur_ls: vec![peer_url.to_string()], is_learner: false };
             match tokio::time::timeout(Duration::from_secs(5), client.member_add(request)).await {
@@ -452,6 +418,25 @@ impl Cluster {
             }
         }
         Err(last)
+    }
+
+    /// The members other than `i` that run unpaused: those a membership change can go through.
+    fn others(&self, i: usize) -> Vec<usize> {
+        (0..self.members.len()).filter(|&o| o != i && self.members[o].is_up() && !self.members[o].paused).collect()
+    }
+
+    /// Member `other`'s linearizable member list, and the client that asked for it.
+    async fn member_list(
+        &self,
+        other: usize,
+    ) -> Result<(pb::cluster_client::ClusterClient<Channel>, Vec<pb::Member>), String> {
+        let mut client = pb::cluster_client::ClusterClient::new(self.channel(other).map_err(|e| e.to_string())?);
+        let request = pb::MemberListRequest { linearizable: true };
+        match tokio::time::timeout(Duration::from_secs(2), client.member_list(request)).await {
+            Ok(Ok(resp)) => Ok((client, resp.into_inner().members)),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Err(_) => Err("member list timed out".into()),
+        }
     }
 
     /// SIGSTOPs member `i` (no-op when down or paused).
@@ -542,6 +527,23 @@ impl Cluster {
     /// The log file of member `i`.
     pub fn log_file(&self, i: usize) -> &Path {
         &self.members[i].log_file
+    }
+}
+
+/// Runs `attempt` until it succeeds, pausing between tries, and gives up with its last error
+/// once `bound` has passed.
+async fn retry_within<F, Fut>(bound: Duration, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
     }
 }
 
