@@ -1,5 +1,6 @@
 //! `keel bench` against a real member: every benchmark issues exactly `--total` requests without
-//! an error and prints a JSON summary with its percentiles; settings that cannot work are refused
+//! an error (the watch benchmarks deliver every put to every watcher) and prints a JSON summary
+//! with its percentiles; settings that cannot work are refused
 //! before anything is sent; the lease benchmark leaves no lease behind.
 //!
 //! Nothing here judges speed: benchmarks are measured by running them, not by tests.
@@ -31,7 +32,7 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
     let mut member = KeelProcess::spawn(&data.path().join("m"), free_port(), free_port(), &[]);
     let mut client = member.ready().await;
     let url = member.url();
-    let runs: [(&str, &[&str]); 7] = [
+    let runs: [(&str, &[&str]); 9] = [
         ("put", &["put", "--clients", "4", "--conns", "2", "--total", "300", "--key-space-size", "50"]),
         ("put", &["put", "--total", "40", "--rate", "200", "--sequential-keys"]),
         ("range", &["range", "--clients", "4", "--total", "300", "--consistency", "l"]),
@@ -39,6 +40,8 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
         ("txn-put", &["txn-put", "--clients", "2", "--total", "100", "--txn-ops", "4", "--key-space-size", "16"]),
         ("txn-mixed", &["txn-mixed", "--clients", "2", "--total", "200", "--rw-ratio", "3"]),
         ("lease-keepalive", &["lease-keepalive", "--clients", "4", "--total", "400"]),
+        ("watch-latency", &["watch-latency", "--put-total", "50", "--streams", "2", "--watchers-per-stream", "3"]),
+        ("watch-fanout", &["watch-fanout", "--total", "10", "--streams", "5", "--watchers-per-stream", "40"]),
     ];
     for (name, args) in runs {
         let mut args = args.to_vec();
@@ -46,9 +49,15 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
         let (ok, stdout, stderr) = bench(&url, &args);
         assert!(ok, "{args:?}: {stderr}");
         let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON summary");
-        let total: u64 = args[args.iter().position(|a| *a == "--total").unwrap() + 1].parse().unwrap();
+        let flag = args.iter().position(|a| *a == "--total" || *a == "--put-total").unwrap();
+        let total: u64 = args[flag + 1].parse().unwrap();
+        // A watch benchmark's requests are deliveries: every put to every watcher.
+        let watchers: u64 = match args.iter().position(|a| *a == "--streams") {
+            Some(at) => args[at + 1].parse::<u64>().unwrap() * args[at + 3].parse::<u64>().unwrap(),
+            None => 1,
+        };
         assert_eq!(summary["benchmark"], name);
-        assert_eq!(summary["requests"], total, "{args:?}: {summary}");
+        assert_eq!(summary["requests"], total * watchers, "{args:?}: {summary}");
         assert_eq!(summary["errors"], 0, "{args:?}: {summary}");
         let latency = &summary["latency_ms"];
         for quantile in ["p50", "p90", "p99", "p99.9"] {
@@ -57,7 +66,8 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
         assert!(latency["p50"].as_f64() <= latency["p99.9"].as_f64(), "{summary}");
     }
     // The written keys are the benchmark's: 50 distinct keys from the first run at most, 16 from
-    // txn-put (which shares the key names), and the rate-limited run's first 40.
+    // txn-put and the watch benchmarks' one key (which share the key names), and the
+    // rate-limited run's first 40.
     let written = client.get("", Some(etcd_client::GetOptions::new().with_all_keys().with_count_only())).await.unwrap();
     assert!(written.count() > 0 && written.count() <= 50 + 40, "{} keys", written.count());
     assert!(client.leases().await.unwrap().leases().is_empty(), "lease-keepalive revokes its leases");

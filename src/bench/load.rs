@@ -43,11 +43,12 @@ pub struct LoadArgs {
     /// Concurrent clients, spread over the connections.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
-    /// Total requests.
-    #[arg(long, default_value_t = 10_000)]
+    /// Total requests (for the watch benchmarks: puts, also as `--put-total`).
+    #[arg(long, alias = "put-total", default_value_t = 10_000)]
     pub total: u64,
-    /// Requests per second across all clients (0: as fast as the clients go).
-    #[arg(long, default_value_t = 0)]
+    /// Requests per second across all clients, 0 for as fast as they go (for the watch
+    /// benchmarks: puts per second, also as `--put-rate`).
+    #[arg(long, alias = "put-rate", default_value_t = 0)]
     pub rate: u64,
     /// Key size in bytes.
     #[arg(long, default_value_t = 8)]
@@ -212,25 +213,19 @@ pub async fn drive<W: Worker>(args: &LoadArgs, workers: Vec<W>) -> Result<Report
             }
         }));
     }
-    let mut report = Report { latencies: Vec::new(), errors: 0, first_error: None, elapsed: Duration::ZERO };
+    let (mut latencies, mut errors, mut first) = (Vec::new(), 0, None);
     for task in tasks {
-        let (latencies, errors, first_error) = task.await.context("benchmark client")?;
-        report.latencies.extend(latencies);
-        report.errors += errors;
-        if report.first_error.is_none() {
-            report.first_error = first_error;
-        }
+        let (done, failed, first_error) = task.await.context("benchmark client")?;
+        latencies.extend(done);
+        errors += failed;
+        first = first.or(first_error);
     }
-    report.elapsed = started.elapsed();
+    let elapsed = started.elapsed();
     if let Some(progress) = progress {
         progress.abort();
         eprintln!();
     }
-    if report.latencies.is_empty() {
-        bail!("every request failed; the first: {}", report.first_error.unwrap_or_default());
-    }
-    report.latencies.sort_unstable();
-    Ok(report)
+    Report::new(latencies, errors, first, elapsed)
 }
 
 /// Prints `done/total` on the terminal a few times a second until aborted.
@@ -243,6 +238,26 @@ async fn show_progress(next: Arc<AtomicU64>, total: u64) {
 }
 
 impl Report {
+    /// A report of `latencies` (in any order) and `errors` failures over `elapsed`; an error when
+    /// nothing succeeded.
+    pub fn new(
+        mut latencies: Vec<Duration>,
+        errors: u64,
+        first_error: Option<String>,
+        elapsed: Duration,
+    ) -> Result<Self> {
+        if latencies.is_empty() {
+            bail!("every request failed; the first: {}", first_error.unwrap_or_default());
+        }
+        latencies.sort_unstable();
+        Ok(Self { latencies, errors, first_error, elapsed })
+    }
+
+    /// How many requests succeeded.
+    pub fn requests(&self) -> usize {
+        self.latencies.len()
+    }
+
     /// Prints the summary in `format`, titled `name`.
     pub fn print(&self, name: &str, format: WriteOut) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
