@@ -5,9 +5,11 @@
 //! `load.rs` is the shared driver (connections, clients, rate, key space, percentiles, text or
 //! JSON summary); `kv.rs` the KV benchmarks (`put`, `range`, `txn-put`, `txn-mixed`); `lease.rs`
 //! `lease-keepalive`; `watch.rs` `watch-latency` and `watch-fanout`; `defrag.rs`
-//! `defrag-latency`, which measures what an online defragmentation costs writers. Every run is
-//! bounded by `--total` requests (or, for `defrag-latency`, by its phases).
+//! `defrag-latency`, which measures what an online defragmentation costs writers; `compare.rs`
+//! `compare-etcd`, the same suite against Keel and etcd side by side. Every run is bounded by
+//! `--total` requests (or by its phases).
 
+mod compare;
 mod defrag;
 mod kv;
 mod lease;
@@ -36,18 +38,52 @@ pub enum Bench {
     WatchFanout(watch::WatchArgs),
     /// Put latency while one member defragments a large store (builds the store first).
     DefragLatency(defrag::DefragArgs),
+    /// Keel and etcd side by side: the same suite against each, as ratios, into a Markdown table.
+    CompareEtcd(compare::CompareArgs),
 }
 
 /// Runs a benchmark and prints its summary.
 pub async fn run(bench: Bench) -> Result<()> {
     match bench {
-        Bench::Put(args) => kv::put(args).await,
-        Bench::Range(args) => kv::range(args).await,
-        Bench::TxnPut(args) => kv::txn_put(args).await,
-        Bench::TxnMixed(args) => kv::txn_mixed(args).await,
-        Bench::LeaseKeepalive(args) => lease::lease_keepalive(args).await,
-        Bench::WatchLatency(args) => watch::run(args, "watch-latency", false).await,
-        Bench::WatchFanout(args) => watch::run(args, "watch-fanout", true).await,
-        Bench::DefragLatency(args) => defrag::defrag_latency(args).await,
+        Bench::DefragLatency(args) => return defrag::defrag_latency(args).await,
+        Bench::CompareEtcd(args) => return compare::compare(args).await,
+        _ => {}
+    }
+    let format = bench.load().map_or(load::WriteOut::Simple, |load| load.write_out);
+    let (name, report) = measure(&bench).await?;
+    report.print(name, format);
+    if matches!(bench, Bench::WatchFanout(_)) && report.errors() > 0 {
+        anyhow::bail!("{} events were lost", report.errors());
+    }
+    Ok(())
+}
+
+/// Runs a request benchmark and returns its name and what it measured.
+pub async fn measure(bench: &Bench) -> Result<(&'static str, load::Report)> {
+    Ok(match bench {
+        Bench::Put(args) => ("put", kv::put(args).await?),
+        Bench::Range(args) => ("range", kv::range(args).await?),
+        Bench::TxnPut(args) => ("txn-put", kv::txn_put(args).await?),
+        Bench::TxnMixed(args) => ("txn-mixed", kv::txn_mixed(args).await?),
+        Bench::LeaseKeepalive(args) => ("lease-keepalive", lease::lease_keepalive(args).await?),
+        Bench::WatchLatency(args) => ("watch-latency", watch::run(args).await?),
+        Bench::WatchFanout(args) => ("watch-fanout", watch::run(args).await?),
+        Bench::DefragLatency(_) | Bench::CompareEtcd(_) => {
+            anyhow::bail!("defrag-latency and compare-etcd run their own phases; run them on their own")
+        }
+    })
+}
+
+impl Bench {
+    /// The load flags of a request benchmark.
+    fn load(&self) -> Option<&load::LoadArgs> {
+        match self {
+            Bench::Put(load) | Bench::LeaseKeepalive(load) => Some(load),
+            Bench::Range(args) => Some(&args.load),
+            Bench::TxnPut(args) => Some(&args.load),
+            Bench::TxnMixed(args) => Some(&args.load),
+            Bench::WatchLatency(args) | Bench::WatchFanout(args) => Some(&args.load),
+            Bench::DefragLatency(_) | Bench::CompareEtcd(_) => None,
+        }
     }
 }

@@ -11,7 +11,7 @@ use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
 use tonic::transport::Channel;
 
-use super::load::{LoadArgs, Worker, drive};
+use super::load::{LoadArgs, Report, Worker, drive};
 
 /// etcd benchmark's `--consistency`: linearizable or serializable reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -28,7 +28,7 @@ pub enum Consistency {
 #[derive(Debug, Args)]
 pub struct RangeArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub load: LoadArgs,
     /// Read consistency: `l` (linearizable) or `s` (serializable).
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
     consistency: Consistency,
@@ -38,7 +38,7 @@ pub struct RangeArgs {
 #[derive(Debug, Args)]
 pub struct TxnPutArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub load: LoadArgs,
     /// Puts per transaction.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=128))]
     txn_ops: u64,
@@ -48,7 +48,7 @@ pub struct TxnPutArgs {
 #[derive(Debug, Args)]
 pub struct TxnMixedArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub load: LoadArgs,
     /// Reads per write (etcd's `--rw-ratio`).
     #[arg(long, default_value_t = 1.0)]
     rw_ratio: f64,
@@ -141,7 +141,7 @@ impl Worker for KvWorker {
     }
 }
 
-async fn run(load: &LoadArgs, name: &str, request: Request) -> Result<()> {
+async fn run(load: &LoadArgs, request: Request) -> Result<Report> {
     load.validate()?;
     let channels = load.channels().await?;
     let shared = std::sync::Arc::new(KeyValues {
@@ -157,36 +157,35 @@ async fn run(load: &LoadArgs, name: &str, request: Request) -> Result<()> {
             args: shared.clone(),
         })
         .collect();
-    drive(load, workers).await?.print(name, load.write_out);
-    Ok(())
+    drive(load, workers).await
 }
 
 /// `keel bench put`.
-pub async fn put(load: LoadArgs) -> Result<()> {
-    run(&load, "put", Request::Put).await
+pub async fn put(load: &LoadArgs) -> Result<Report> {
+    run(load, Request::Put).await
 }
 
 /// `keel bench range`.
-pub async fn range(args: RangeArgs) -> Result<()> {
-    run(&args.load, "range", Request::Range(args.consistency)).await
+pub async fn range(args: &RangeArgs) -> Result<Report> {
+    run(&args.load, Request::Range(args.consistency)).await
 }
 
 /// `keel bench txn-put`.
-pub async fn txn_put(args: TxnPutArgs) -> Result<()> {
+pub async fn txn_put(args: &TxnPutArgs) -> Result<Report> {
     if args.txn_ops > args.load.key_space_size {
         anyhow::bail!(
             "--txn-ops {} needs --key-space-size of at least {0}: a transaction may not put one key twice",
             args.txn_ops
         );
     }
-    run(&args.load, "txn-put", Request::TxnPut(args.txn_ops)).await
+    run(&args.load, Request::TxnPut(args.txn_ops)).await
 }
 
 /// `keel bench txn-mixed`.
-pub async fn txn_mixed(args: TxnMixedArgs) -> Result<()> {
+pub async fn txn_mixed(args: &TxnMixedArgs) -> Result<Report> {
     if !(args.rw_ratio.is_finite() && args.rw_ratio >= 0.0) {
         anyhow::bail!("--rw-ratio must be a non-negative number of reads per write");
     }
     let reads = args.rw_ratio / (args.rw_ratio + 1.0);
-    run(&args.load, "txn-mixed", Request::Mixed { reads, consistency: args.consistency }).await
+    run(&args.load, Request::Mixed { reads, consistency: args.consistency }).await
 }

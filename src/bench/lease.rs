@@ -12,7 +12,7 @@ use keel_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKe
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-use super::load::{LoadArgs, Worker, drive};
+use super::load::{LoadArgs, Report, Worker, drive};
 
 /// TTL of the benchmark's leases: long enough that none expires during a run however slow.
 const LEASE_TTL_S: i64 = 600;
@@ -36,7 +36,7 @@ impl Worker for KeepAliveWorker {
 }
 
 /// `keel bench lease-keepalive`.
-pub async fn lease_keepalive(load: LoadArgs) -> Result<()> {
+pub async fn lease_keepalive(load: &LoadArgs) -> Result<Report> {
     load.validate()?;
     let channels = load.channels().await?;
     let mut workers = Vec::with_capacity(load.clients);
@@ -56,11 +56,10 @@ pub async fn lease_keepalive(load: LoadArgs) -> Result<()> {
         leases.push((client, lease));
         workers.push(KeepAliveWorker { lease, requests, answers });
     }
-    let report = drive(&load, workers).await;
+    let report = drive(load, workers).await;
     for (mut client, lease) in leases {
         // Best effort: a lease left behind expires after its TTL anyway.
         let _ = client.lease_revoke(LeaseRevokeRequest { id: lease }).await;
     }
-    report?.print("lease-keepalive", load.write_out);
-    Ok(())
+    report
 }

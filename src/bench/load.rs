@@ -258,6 +258,26 @@ impl Report {
         self.latencies.len()
     }
 
+    /// How many requests failed (for the watch benchmarks: events lost).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// Successful requests per second.
+    pub fn qps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` latency quantile.
+    pub fn latency(&self, q: f64) -> Duration {
+        quantile(&self.latencies, q)
+    }
+
+    /// The mean latency.
+    pub fn mean(&self) -> Duration {
+        self.latencies.iter().sum::<Duration>() / self.latencies.len() as u32
+    }
+
     /// Prints the summary in `format`, titled `name`.
     pub fn print(&self, name: &str, format: WriteOut) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -29,7 +29,7 @@ const STRAGGLER_BOUND: Duration = Duration::from_secs(10);
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub load: LoadArgs,
     /// Watch streams, spread over the connections.
     #[arg(long, default_value_t = 10)]
     streams: usize,
@@ -123,8 +123,8 @@ async fn collect(
     received
 }
 
-/// Runs a watch benchmark; with `lose_nothing`, any event that never arrived fails the run.
-pub async fn run(args: WatchArgs, name: &str, lose_nothing: bool) -> Result<()> {
+/// Runs a watch benchmark. Lost events are the report's errors.
+pub async fn run(args: &WatchArgs) -> Result<Report> {
     let load = &args.load;
     load.validate()?;
     if args.streams == 0 || args.watchers_per_stream == 0 {
@@ -169,15 +169,10 @@ pub async fn run(args: WatchArgs, name: &str, lose_nothing: bool) -> Result<()> 
     drop(keep_open);
     let expected = (puts.requests() as u64) * (args.streams * args.watchers_per_stream) as u64;
     let lost = expected.saturating_sub(delivered);
-    let report = Report::new(
+    Report::new(
         latencies,
         lost,
         (lost > 0).then(|| format!("{lost} of {expected} events never arrived")),
         started.elapsed(),
-    )?;
-    report.print(name, load.write_out);
-    if lose_nothing && lost > 0 {
-        bail!("{lost} of {expected} events were lost");
-    }
-    Ok(())
+    )
 }
