@@ -164,8 +164,17 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Runs one suite line against `endpoints`.
+/// Longest one suite line may run against one store before the comparison gives up on it.
+const LINE_BOUND: Duration = Duration::from_secs(300);
+
+/// Runs one suite line against `endpoints`, within [`LINE_BOUND`].
 async fn run_line(line: &str, endpoints: &[String]) -> Result<Report> {
+    tokio::time::timeout(LINE_BOUND, run_line_unbounded(line, endpoints))
+        .await
+        .map_err(|_| anyhow::anyhow!("did not finish within {LINE_BOUND:?}"))?
+}
+
+async fn run_line_unbounded(line: &str, endpoints: &[String]) -> Result<Report> {
     let mut words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
     words.push("--endpoints".into());
     words.push(endpoints.join(","));
@@ -232,8 +241,16 @@ fn row(label: &str, size: usize, etcd: &Report, keel: &Report) -> String {
     )
 }
 
-/// `keel bench compare-etcd`.
+/// `keel bench compare-etcd`. An interrupt (Ctrl-C) ends it cleanly: the clusters it started are
+/// killed and its data removed.
 pub async fn compare(args: CompareArgs) -> Result<()> {
+    tokio::select! {
+        result = compare_uninterrupted(args) => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
     if !args.etcd.is_file() {
         bail!("no etcd at {} (Debian package etcd-server; or pass --etcd)", args.etcd.display());
     }

@@ -46,13 +46,17 @@ pub async fn lease_keepalive(load: &LoadArgs) -> Result<Report> {
         let mut client = LeaseClient::new(channel);
         let lease = client.lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_S, id: 0 }).await.context("lease grant")?;
         let lease = lease.into_inner().id;
-        // One request in flight per client, so a buffer of one never blocks.
+        // One request in flight per client, so a buffer of one never blocks. The first is queued
+        // before the call, and answered before the run: a server may hold its response headers
+        // back until the stream's first message (etcd does), and the call returns only then.
         let (requests, outgoing) = mpsc::channel(1);
-        let answers = client
+        requests.send(LeaseKeepAliveRequest { id: lease }).await.context("keep-alive stream closed")?;
+        let mut answers = client
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outgoing))
             .await
             .context("opening a keep-alive stream")?
             .into_inner();
+        answers.message().await.context("keep-alive")?.context("keep-alive stream ended")?;
         leases.push((client, lease));
         workers.push(KeepAliveWorker { lease, requests, answers });
     }

@@ -68,16 +68,25 @@ async fn open_stream(
     key: &[u8],
     watchers: usize,
 ) -> Result<(mpsc::Sender<WatchRequest>, tonic::Streaming<keel_proto::etcdserverpb::WatchResponse>)> {
+    let create = || WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
+    };
     let (requests, outgoing) = mpsc::channel(watchers.max(1));
+    // The first request is queued before the call: a server may hold its response headers back
+    // until the stream's first message (etcd does), and the call returns only once they arrive.
+    requests.send(create()).await.context("watch stream closed")?;
     let mut responses = WatchClient::new(channel)
         .watch(tokio_stream::wrappers::ReceiverStream::new(outgoing))
         .await
         .context("opening a watch stream")?
         .into_inner();
-    for _ in 0..watchers {
-        let create = WatchCreateRequest { key: key.to_vec(), ..Default::default() };
-        let request = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
-        requests.send(request).await.context("watch stream closed")?;
+    for n in 0..watchers {
+        if n > 0 {
+            requests.send(create()).await.context("watch stream closed")?;
+        }
         // Creations are answered in order; waiting for each keeps the stream's buffer small.
         loop {
             let response = responses.message().await.context("watch")?.context("watch stream ended")?;
