@@ -69,11 +69,7 @@ const NONE: u32 = u32::MAX;
 pub fn check(history: &History) -> CheckResult {
     let pairs = match history.client_pairs() {
         Ok(pairs) => pairs,
-        Err(err) => {
-            let mut stats = Map::new();
-            stats.insert("error".into(), Value::from(err.to_string()));
-            return CheckResult { checker: NAME.into(), valid: Validity::Unknown, anomalies: Vec::new(), stats };
-        }
+        Err(err) => return CheckResult::unreadable(NAME, &err),
     };
     let txns: Vec<Txn<'_>> = pairs
         .iter()

@@ -141,11 +141,7 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub fn check(history: &History, expiry_bound: Duration) -> CheckResult {
     let pairs = match history.pairs() {
         Ok(pairs) => pairs,
-        Err(err) => {
-            let mut stats = Map::new();
-            stats.insert("error".into(), Value::from(err.to_string()));
-            return CheckResult { checker: CHECKER.into(), valid: Validity::Unknown, anomalies: Vec::new(), stats };
-        }
+        Err(err) => return CheckResult::unreadable(CHECKER, &err),
     };
     let data = collect(&pairs);
     // Every nemesis event, whatever its type, may be when a fault began or ended; the latest one

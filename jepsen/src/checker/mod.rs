@@ -61,5 +61,15 @@ pub struct CheckResult {
     pub stats: serde_json::Map<String, serde_json::Value>,
 }
 
+impl CheckResult {
+    /// The result of checker `checker` for a history it cannot read (its events break the pairing
+    /// rules): `unknown`, with the reason in `stats.error`.
+    pub fn unreadable(checker: &str, err: &crate::history::HistoryError) -> Self {
+        let mut stats = serde_json::Map::new();
+        stats.insert("error".into(), serde_json::Value::from(err.to_string()));
+        Self { checker: checker.into(), valid: Validity::Unknown, anomalies: Vec::new(), stats }
+    }
+}
+
 /// The most anomalies of one kind a checker reports; more are counted in `stats`.
 pub const MAX_ANOMALIES: usize = 8;

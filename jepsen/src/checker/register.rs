@@ -64,11 +64,7 @@ impl Default for Limits {
 pub fn check(history: &History, limits: &Limits) -> CheckResult {
     let pairs = match history.client_pairs() {
         Ok(pairs) => pairs,
-        Err(err) => {
-            let mut stats = Map::new();
-            stats.insert("error".into(), Value::from(err.to_string()));
-            return CheckResult { checker: CHECKER.into(), valid: Validity::Unknown, anomalies: Vec::new(), stats };
-        }
+        Err(err) => return CheckResult::unreadable(CHECKER, &err),
     };
     let collected = collect(&pairs);
     let mut valid = Validity::Valid;

@@ -29,7 +29,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::checker::{CheckResult, Validity};
+use crate::checker::CheckResult;
 use crate::history::{EventType, History};
 
 mod findings;
@@ -110,11 +110,7 @@ const REFERENCE_INCOMPLETE: &str = "reference-incomplete";
 pub fn check(history: &History) -> CheckResult {
     let pairs = match history.client_pairs() {
         Ok(pairs) => pairs,
-        Err(err) => {
-            let mut stats = Map::new();
-            stats.insert("error".into(), Value::from(err.to_string()));
-            return CheckResult { checker: CHECKER.into(), valid: Validity::Unknown, anomalies: Vec::new(), stats };
-        }
+        Err(err) => return CheckResult::unreadable(CHECKER, &err),
     };
     let writes = Writes::collect(&pairs);
     let watches: Vec<WatchOp<'_>> = pairs.iter().filter_map(WatchOp::of).collect();
