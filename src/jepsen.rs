@@ -105,7 +105,9 @@ async fn test(args: TestArgs) -> Result<u8> {
         bail!("--interval must be a positive number of seconds");
     }
     if args.planted_bug.is_some() && !cfg!(feature = "planted-bugs") && args.binary.is_none() {
-        bail!("--planted-bug needs a build with the planted-bugs feature (keel-planted); this one has none");
+        bail!(
+            "--planted-bug needs a debug build with the planted-bugs feature (cargo build --features planted-bugs); this one has none"
+        );
     }
     if let Some(bugs) = &args.planted_bug {
         for name in bugs.split(',').map(str::trim) {

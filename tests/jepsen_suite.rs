@@ -3,9 +3,10 @@
 //! be caught by the workload and fault each bug is meant to be found by (the proof that the
 //! checkers can fail).
 //!
-//! The planted build is `target/debug/keel-planted`, which `scripts/test` builds before the
-//! suite (`cargo build --features planted-bugs`, copied aside). Seeds are fixed, so every run
-//! draws the same operations and the same fault schedule.
+//! `scripts/test` builds the tests with the `planted-bugs` feature, so the keel binary under test
+//! has the planted bugs compiled in; they are off unless `--planted-bug` names them (it sets
+//! `KEEL_PLANTED_BUGS` for the members), and the real-build tests name none. Seeds are fixed, so
+//! every run draws the same operations and the same fault schedule.
 
 mod support;
 
@@ -47,16 +48,15 @@ fn anomaly_kinds(results: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The keel binary under test, which must have the planted bugs compiled in.
 fn planted_binary() -> PathBuf {
-    let keel = PathBuf::from(env!("CARGO_BIN_EXE_keel"));
-    let planted = keel.with_file_name("keel-planted");
-    assert!(
-        planted.is_file(),
-        "{} is missing: scripts/test builds it (cargo build --features planted-bugs --bin keel, copied to \
-         keel-planted)",
-        planted.display()
-    );
-    planted
+    if !cfg!(feature = "planted-bugs") {
+        panic!(
+            "the chaos suite's planted-bug tests need the planted-bugs feature: run them as scripts/test does \
+             (cargo nextest run --features keel/planted-bugs)"
+        );
+    }
+    PathBuf::from(env!("CARGO_BIN_EXE_keel"))
 }
 
 /// No firewall rule of a finished run is left behind.
