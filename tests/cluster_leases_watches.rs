@@ -1,6 +1,8 @@
 //! Leases and watches across failures:
 //! - a lease kept alive through a follower survives the leader's death (the new leader extends
 //!   every lease by its TTL), while an abandoned lease expires, exactly once;
+//! - keep-alives sent to a follower at the same time (forwarded to the leader together) renew
+//!   each known lease for its own TTL and answer TTL 0 for unknown ones;
 //! - a watcher whose member dies resumes on another member from the next revision and sees every
 //!   event exactly once, in order.
 
@@ -61,6 +63,54 @@ async fn a_kept_alive_lease_survives_a_leader_kill_and_an_abandoned_one_expires_
     assert_eq!(client.get("kept", None).await.unwrap().kvs().len(), 1, "the kept lease's key survived");
     let ttl = client.lease_time_to_live(kept, None).await.unwrap().ttl();
     assert!(ttl > 0 && ttl <= TTL, "remaining TTL {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_keep_alives_through_a_follower_each_get_their_own_leases_answer() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client((leader + 1) % 3).await;
+
+    // Distinct TTLs, so an answer handed to the wrong keep-alive shows.
+    let mut expected = Vec::new();
+    for i in 0..24 {
+        let ttl = 20 + i;
+        let id = client.clone().lease_grant(ttl, None).await.unwrap().id();
+        expected.push((id, ttl));
+    }
+    // Leases nobody granted: etcd answers a keep-alive for one with TTL 0.
+    expected.extend((1..=8).map(|i| (0x7eed_0000_0000 + i, 0)));
+
+    let keepers: Vec<_> = expected
+        .iter()
+        .map(|&(id, ttl)| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                // The etcd client sends the first keep-alive itself and turns a TTL 0 answer
+                // into an error.
+                let (mut keeper, mut replies) = match client.lease_keep_alive(id).await {
+                    Err(err) if ttl == 0 => {
+                        assert!(err.to_string().contains("lease not found"), "lease {id:x}: {err}");
+                        return;
+                    }
+                    started => started.unwrap(),
+                };
+                assert_ne!(ttl, 0, "the keep-alive of unknown lease {id:x} was answered");
+                for _ in 0..5 {
+                    keeper.keep_alive().await.unwrap();
+                    let reply = tokio::time::timeout(Duration::from_secs(30), replies.message())
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!((reply.id(), reply.ttl()), (id, ttl), "the keep-alive of lease {id:x}");
+                }
+            })
+        })
+        .collect();
+    for keeper in keepers {
+        keeper.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

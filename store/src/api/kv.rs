@@ -44,10 +44,16 @@ impl pb::kv_server::Kv for KvService {
             }
             self.api.auth().check(caller.as_deref(), &req.key, &req.range_end, Access::Read)?;
             let core = self.api.member.core().clone();
-            let resp = tokio::task::spawn_blocking(move || core.mvcc().range(&req))
-                .await
-                .map_err(|e| StoreError::Internal(e.to_string()))?
-                .map_err(StoreError::from)?;
+            // A single key is a few point lookups, cheaper than handing the read to a blocking
+            // thread and back; a range over many keys may take long, so it leaves the runtime.
+            let resp = if req.range_end.is_empty() {
+                core.mvcc().range(&req)
+            } else {
+                tokio::task::spawn_blocking(move || core.mvcc().range(&req))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+            }
+            .map_err(StoreError::from)?;
             let header = self.api.header(resp.revision);
             Ok(Response::new(convert::range_response(resp, header)))
         })

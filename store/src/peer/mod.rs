@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ForwardError, PeerNetwork, Peers};
 pub use server::serve;
 
+use crate::error::StoreError;
 use crate::lease::LeaseInfo;
 use crate::server::MemberInfo;
 
@@ -41,6 +42,12 @@ pub enum LeaseRequest {
         /// Include attached keys.
         keys: bool,
     },
+    // Variants are only ever appended: their index is their encoding.
+    /// Keep-alives a follower collected, renewed under one leadership confirmation.
+    RenewMany {
+        /// Lease ids.
+        ids: Vec<i64>,
+    },
 }
 
 /// The leader's answer to a [`LeaseRequest`].
@@ -57,6 +64,11 @@ pub enum LeaseReply {
         info: Option<LeaseInfo>,
         /// Attached keys.
         keys: Vec<Vec<u8>>,
+    },
+    /// Per lease of a `RenewMany`, in its order: the renewed TTL or why it was not renewed.
+    RenewedMany {
+        /// Seconds, or the refusal (an unknown lease).
+        ttls: Vec<Result<i64, StoreError>>,
     },
 }
 

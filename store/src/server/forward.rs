@@ -13,13 +13,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openraft::ReadPolicy;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use super::Member;
+use super::batch::ReadIndex;
 use crate::error::StoreError;
 use crate::peer::ForwardError;
 use crate::raft::{Command, CommandResponse, LogId};
@@ -122,6 +122,14 @@ impl Member {
         }
     }
 
+    /// The answer of the next read-index round (shared with every concurrent read; `batch.rs`).
+    async fn next_read_index(&self, timeout: Duration) -> Result<ReadIndex, StoreError> {
+        match tokio::time::timeout(timeout, self.read_index.call(())).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(answer) => answer.and_then(|read| read),
+        }
+    }
+
     /// Waits until this member may serve a linearizable read: a read index confirmed by a quorum
     /// (through the leader, from a follower) has been applied here.
     pub async fn linearize(&self) -> Result<(), StoreError> {
@@ -130,19 +138,11 @@ impl Member {
         }
         let mut retry = Retry::new(self.request_timeout);
         loop {
-            match tokio::time::timeout(retry.remaining(), self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-                Err(_) => return Err(StoreError::Timeout),
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
-                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                    if let Some((_, leader)) = self.remote_leader()
-                        && let Ok(Ok(read_log_id)) = self.peers.read_index(&leader, retry.remaining()).await
-                    {
-                        return self.await_applied(read_log_id, retry.remaining()).await;
-                    }
-                }
-                // No quorum answered: retry while the deadline allows.
-                Ok(Err(RaftError::APIError(_))) => {}
+            match self.next_read_index(retry.remaining()).await {
+                Ok(read) => return self.await_applied(read.log_id, retry.remaining()).await,
+                Err(err @ (StoreError::Timeout | StoreError::Stopped)) => return Err(err),
+                // No leader, or no quorum yet: retry while the deadline allows.
+                Err(_) => {}
             }
             if !retry.wait().await {
                 return Err(StoreError::Timeout);
@@ -155,15 +155,12 @@ impl Member {
     pub async fn confirm_leadership(&self) -> Result<(), StoreError> {
         let mut retry = Retry::new(self.request_timeout);
         loop {
-            match tokio::time::timeout(retry.remaining(), self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-                Err(_) => return Err(StoreError::Timeout),
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
-                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                    return Err(StoreError::NotLeader);
-                }
+            match self.next_read_index(retry.remaining()).await {
+                Ok(read) if read.local => return Ok(()),
+                Ok(_) | Err(StoreError::NotLeader) => return Err(StoreError::NotLeader),
+                Err(err @ (StoreError::Timeout | StoreError::Stopped)) => return Err(err),
                 // No quorum answered: retry while the deadline allows.
-                Ok(Err(RaftError::APIError(_))) => {}
+                Err(_) => {}
             }
             if !retry.wait().await {
                 return Err(StoreError::Timeout);
@@ -172,6 +169,9 @@ impl Member {
     }
 
     async fn await_applied(&self, read_log_id: LogId, timeout: Duration) -> Result<(), StoreError> {
+        if self.core.applied_log_id().is_some_and(|applied| applied.index() >= read_log_id.index()) {
+            return Ok(());
+        }
         let linearizer = Linearizer::new(self.member_id, ReadLogId::from_log_id(read_log_id), None);
         match linearizer.try_await_ready(&self.raft, Some(timeout)).await {
             Ok(Ok(_)) => Ok(()),
@@ -180,15 +180,12 @@ impl Member {
         }
     }
 
-    /// The leader's side of a follower's linearizable read: confirm leadership, return the index.
+    /// The leader's side of a follower's linearizable read: confirm leadership (in a round shared
+    /// with this member's own reads), return the index.
     pub async fn local_read_index(&self) -> Result<LogId, StoreError> {
-        let linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.request_timeout, linearizer).await {
-            Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
-            Ok(Err(RaftError::APIError(other))) => Err(StoreError::Internal(other.to_string())),
-            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
+        match self.next_read_index(self.request_timeout).await? {
+            read if read.local => Ok(read.log_id),
+            _ => Err(StoreError::NotLeader),
         }
     }
 

@@ -23,8 +23,12 @@ const EXPIRE_ENTRIES_PER_TICK: usize = 4;
 const EXPIRE_TICK: Duration = Duration::from_millis(500);
 
 impl Member {
-    /// Renews a lease (on the leader, forwarded if needed); returns its TTL.
+    /// Renews a lease (on the leader; a follower forwards its concurrent keep-alives together,
+    /// `batch.rs`); returns its TTL.
     pub async fn renew_lease(&self, id: i64) -> Result<i64, StoreError> {
+        if !self.core.lessor().is_primary() {
+            return self.keep_alives.call(id).await?;
+        }
         match self.lease(LeaseRequest::Renew { id }).await? {
             LeaseReply::Renewed { ttl } => Ok(ttl),
             other => Err(StoreError::Internal(format!("unexpected lease reply {other:?}"))),
@@ -43,7 +47,7 @@ impl Member {
         }
     }
 
-    async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, StoreError> {
+    pub(super) async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, StoreError> {
         let mut retry = Retry::new(self.request_timeout);
         loop {
             match self.lease_local(&req).await {
@@ -80,6 +84,12 @@ impl Member {
                 // a quorum first (etcd does the same since 3.5.13).
                 self.confirm_leadership().await?;
                 Ok(LeaseReply::Renewed { ttl: lessor.renew(*id)? })
+            }
+            LeaseRequest::RenewMany { ids } => {
+                // One confirmation covers them all, for the reason above.
+                self.confirm_leadership().await?;
+                let ttls = ids.iter().map(|&id| lessor.renew(id).map_err(StoreError::from)).collect();
+                Ok(LeaseReply::RenewedMany { ttls })
             }
             LeaseRequest::TimeToLive { id, keys } => {
                 // Reflect every grant and revoke committed before the lookup.

@@ -2,6 +2,8 @@
 //! the API and Raft.
 //!
 //! - `forward`: proposals and read barriers; a follower forwards them to the leader.
+//! - `batch`: batched rounds: one read index for concurrent linearizable reads and keep-alives,
+//!   one request to the leader for a follower's concurrent keep-alives.
 //! - `leases`: keep-alives and lookups (leader-local state, forwarded by followers) and the expiry
 //!   loop.
 //! - `membership`: membership changes (forwarded to the leader), leadership transfer, member lists.
@@ -15,6 +17,7 @@
 //! Every proposal, barrier and forwarded call is bounded by the request timeout (5 s + 2 election
 //! timeouts, as in etcd). Background tasks are aborted by `shutdown` or when the member is dropped.
 
+mod batch;
 mod compactor;
 mod config;
 mod forward;
@@ -136,6 +139,10 @@ pub struct Member {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The data size the quota check compares, sampled at most every `quota::SIZE_SAMPLE`.
     db_size: quota::SizeSample,
+    /// Queue for the next read-index round; its receiver belongs to a `batch::run` task.
+    read_index: batch::ReadIndexBatcher,
+    /// Queue for a follower's next batch of forwarded keep-alives (`batch::run` task).
+    keep_alives: batch::KeepAliveBatcher,
     _syncer: SyncerHandle,
 }
 
@@ -199,6 +206,10 @@ impl Member {
             // etcd keeps 5000 entries behind a snapshot so slow followers catch up from the log, and
             // writes landing during a snapshot transfer do not force another one.
             max_in_snapshot_log_to_keep: 5000,
+            // The leader sends new entries to the followers while its own fsync is under way
+            // instead of after it (as etcd does, Raft thesis 10.2.1): an entry still commits only
+            // once a quorum, the leader counted only after its own fsync, holds it durably.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()
@@ -227,6 +238,8 @@ impl Member {
         let syncer = core.hub().start_syncer();
         let lease_base = (member_id & 0xffff) << 47;
         let (removed, _) = tokio::sync::watch::channel(false);
+        let (read_index, read_waiters) = batch::ReadIndexBatcher::new();
+        let (keep_alives, keep_alive_waiters) = batch::KeepAliveBatcher::new();
         let member = Arc::new(Self {
             config,
             member_id,
@@ -240,6 +253,8 @@ impl Member {
             removed,
             tasks: Mutex::new(Vec::new()),
             db_size: quota::SizeSample::default(),
+            read_index,
+            keep_alives,
             _syncer: syncer,
         });
         let weak = Arc::downgrade(&member);
@@ -248,6 +263,13 @@ impl Member {
             tokio::spawn(leadership::publish(weak.clone())),
             tokio::spawn(leases::expire(weak.clone())),
             tokio::spawn(metrics::refresh(weak.clone())),
+            tokio::spawn(batch::run(weak.clone(), read_waiters, "keel_read_index_batch", batch::read_index_round)),
+            tokio::spawn(batch::run(
+                weak.clone(),
+                keep_alive_waiters,
+                "keel_forwarded_keep_alive_batch",
+                batch::keep_alive_round,
+            )),
         ];
         if let Some(policy) = auto_compaction {
             tasks.push(tokio::spawn(compactor::run(weak, policy)));

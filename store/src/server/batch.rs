@@ -1,0 +1,154 @@
+//! Batched rounds: concurrent requests that need the same costly step (a quorum round, an RPC to
+//! the leader) queue for it, and one round serves every request queued when it began.
+//!
+//! - Read index (etcd's `linearizableReadLoop`): one quorum round answers every linearizable read
+//!   and lease keep-alive waiting when it began. The read index comes from openraft when this
+//!   member leads (which confirms the leadership with a quorum) and from the leader over the peer
+//!   API otherwise.
+//! - Keep-alives on a follower: every keep-alive queued goes to the leader in one peer request
+//!   instead of one request each.
+//!
+//! Invariant (why a late request must not join a round in flight): a read-index round's index is
+//! the leader's commit index when the round began, and a write acknowledged before a read arrived
+//! is committed by then only if the round began after the read arrived. So each round answers only
+//! the requests queued before it began; later ones wait for the next round.
+//!
+//! Bounds: at most `QUEUE` requests queue per batcher (callers wait for room), a round takes at
+//! most `ROUND_LIMIT` of them, and every round ends within the request timeout. Each batcher's
+//! task ends when the member is dropped (the queue's only sender lives in the member).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+
+use openraft::ReadPolicy;
+use openraft::errors::{LinearizableReadError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Member;
+use crate::error::StoreError;
+use crate::peer::{ForwardError, LeaseReply, LeaseRequest};
+use crate::raft::LogId;
+
+/// Requests that may queue for the next round before callers wait for room.
+const QUEUE: usize = 4096;
+/// Requests one round serves; the rest are served by the next round (for a read index, a later
+/// round only makes the answer fresher).
+const ROUND_LIMIT: usize = 4096;
+
+/// A queued request and where its answer goes.
+type Queued<I, O> = (I, oneshot::Sender<O>);
+
+/// A round in progress: one output per input, in order.
+type Answers<'a, O> = Pin<Box<dyn Future<Output = Vec<O>> + Send + 'a>>;
+
+/// One round over a batch.
+type Round<I, O> = for<'a> fn(&'a Member, Vec<I>) -> Answers<'a, O>;
+
+/// The caller side of a batcher. Lives in the member; dropping it ends the round task.
+#[derive(Debug)]
+pub(super) struct Batcher<I, O> {
+    queue: mpsc::Sender<Queued<I, O>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// The batcher and the receiver its round task ([`run`]) takes.
+    pub(super) fn new() -> (Self, mpsc::Receiver<Queued<I, O>>) {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        (Self { queue }, waiting)
+    }
+
+    /// Queues `input` and waits for the answer of a round that begins after this call.
+    pub(super) async fn call(&self, input: I) -> Result<O, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((input, tx)).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+}
+
+/// A batcher's round task: takes every queued request, runs `round` once for them, answers each.
+pub(super) async fn run<I, O>(
+    member: Weak<Member>,
+    mut waiting: mpsc::Receiver<Queued<I, O>>,
+    metric: &'static str,
+    round: Round<I, O>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while waiting.recv_many(&mut batch, ROUND_LIMIT).await > 0 {
+        let Some(member) = member.upgrade() else { return };
+        metrics::histogram!(metric).record(batch.len() as f64);
+        let (inputs, outputs): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.drain(..).unzip();
+        let answers = round(&member, inputs).await;
+        drop(member);
+        for (output, answer) in outputs.into_iter().zip(answers) {
+            // A caller that gave up (timed out, disconnected) is simply skipped.
+            let _ = output.send(answer);
+        }
+    }
+}
+
+/// A confirmed read index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ReadIndex {
+    /// Everything committed up to here when the round began.
+    pub log_id: LogId,
+    /// True when this member led and confirmed its own leadership with a quorum; false when the
+    /// index came from another member (the leader).
+    pub local: bool,
+}
+
+/// The read-index batcher: no input, one shared answer.
+pub(super) type ReadIndexBatcher = Batcher<(), Result<ReadIndex, StoreError>>;
+/// The keep-alive batcher: a lease id in, its renewed TTL out.
+pub(super) type KeepAliveBatcher = Batcher<i64, Result<i64, StoreError>>;
+
+/// The read-index round: one answer for every waiter.
+pub(super) fn read_index_round(member: &Member, waiters: Vec<()>) -> Answers<'_, Result<ReadIndex, StoreError>> {
+    Box::pin(async move {
+        let answer = member.read_index().await;
+        vec![answer; waiters.len()]
+    })
+}
+
+/// The keep-alive round: every queued lease renewed through one request to the leader (or here,
+/// should this member have become the leader meanwhile).
+pub(super) fn keep_alive_round(member: &Member, ids: Vec<i64>) -> Answers<'_, Result<i64, StoreError>> {
+    Box::pin(async move {
+        let count = ids.len();
+        match member.lease(LeaseRequest::RenewMany { ids }).await {
+            Ok(LeaseReply::RenewedMany { ttls }) if ttls.len() == count => ttls,
+            Ok(other) => {
+                let err = StoreError::Internal(format!("unexpected reply to {count} keep-alives: {other:?}"));
+                vec![Err(err); count]
+            }
+            Err(err) => vec![Err(err); count],
+        }
+    })
+}
+
+impl Member {
+    /// One read index: this member's own when it leads, else the leader's over the peer API.
+    /// Retryable failures (no leader, no quorum yet, the leader moved) come back as
+    /// `NoLeader`/`NotLeader`; the caller decides whether to retry.
+    async fn read_index(&self) -> Result<ReadIndex, StoreError> {
+        let linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout, linearizer).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(linearizer)) => Ok(ReadIndex { log_id: *linearizer.read_log_id().log_id(), local: true }),
+            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                let Some((_, leader)) = self.remote_leader() else { return Err(StoreError::NoLeader) };
+                match self.peers.read_index(&leader, self.request_timeout).await {
+                    Ok(Ok(log_id)) => Ok(ReadIndex { log_id, local: false }),
+                    // Whatever kept the leader from answering (it stepped down, lost its quorum,
+                    // cannot be reached), a later round may succeed.
+                    Ok(Err(_)) | Err(ForwardError::NotSent(_) | ForwardError::Uncertain(_)) => {
+                        Err(StoreError::NotLeader)
+                    }
+                }
+            }
+            // No quorum answered in time: the leadership is unconfirmed.
+            Ok(Err(RaftError::APIError(_))) => Err(StoreError::NoLeader),
+        }
+    }
+}
