@@ -34,7 +34,8 @@ pub enum WriteOut {
 /// Flags every request benchmark takes, named like etcd's `benchmark`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Client URLs, comma-separated.
+    /// Client URLs, comma-separated; a bare host:port is http (https with TLS flags), as in
+    /// etcd's benchmark.
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// gRPC connections, spread over the endpoints.
@@ -125,6 +126,10 @@ impl LoadArgs {
 /// named at once.
 pub async fn connect(endpoints: &[String], conns: usize, tls: Option<Arc<ClientTls>>) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(conns);
+    // Like etcd's benchmark and etcdctl, a bare host:port means http, or https with TLS flags.
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoints: Vec<String> =
+        endpoints.iter().map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") }).collect();
     for i in 0..conns {
         let url = &endpoints[i % endpoints.len()];
         let channel = keel_store::tls::lazy_channel(url, tls.clone(), None, |e| {
