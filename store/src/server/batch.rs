@@ -1,10 +1,11 @@
 //! Batched rounds: concurrent requests that need the same costly step (a quorum round, an RPC to
 //! the leader) queue for it, and one round serves every request queued when it began.
 //!
-//! - Read index (etcd's `linearizableReadLoop`): one quorum round answers every linearizable read
-//!   and lease keep-alive waiting when it began. The read index comes from openraft when this
-//!   member leads (which confirms the leadership with a quorum) and from the leader over the peer
-//!   API otherwise.
+//! - Read index (etcd's `linearizableReadLoop`): on the leader, one quorum round answers every
+//!   linearizable read, keep-alive and follower's read-index request waiting when it began; on a
+//!   follower, one read-index request to the leader answers every linearizable read waiting.
+//!   The two are separate batchers so that the leader's round never waits on another member
+//!   (two members that each believe the other leads cannot wait on each other).
 //! - Keep-alives on a follower: every keep-alive queued goes to the leader in one peer request
 //!   instead of one request each.
 //!
@@ -87,25 +88,25 @@ pub(super) async fn run<I, O>(
     }
 }
 
-/// A confirmed read index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ReadIndex {
-    /// Everything committed up to here when the round began.
-    pub log_id: LogId,
-    /// True when this member led and confirmed its own leadership with a quorum; false when the
-    /// index came from another member (the leader).
-    pub local: bool,
-}
-
-/// The read-index batcher: no input, one shared answer.
-pub(super) type ReadIndexBatcher = Batcher<(), Result<ReadIndex, StoreError>>;
+/// A read-index batcher: no input, one shared answer.
+pub(super) type ReadIndexBatcher = Batcher<(), Result<LogId, StoreError>>;
 /// The keep-alive batcher: a lease id in, its renewed TTL out.
 pub(super) type KeepAliveBatcher = Batcher<i64, Result<i64, StoreError>>;
 
-/// The read-index round: one answer for every waiter.
-pub(super) fn read_index_round(member: &Member, waiters: Vec<()>) -> Answers<'_, Result<ReadIndex, StoreError>> {
+/// The leader's read-index round: one quorum confirmation for every waiter. `NotLeader` on a
+/// member that does not lead; it never asks another member, so a member answering a follower's
+/// read-index request never waits on a third member.
+pub(super) fn leader_read_index_round(member: &Member, waiters: Vec<()>) -> Answers<'_, Result<LogId, StoreError>> {
     Box::pin(async move {
-        let answer = member.read_index().await;
+        let answer = member.leader_read_index().await;
+        vec![answer; waiters.len()]
+    })
+}
+
+/// A follower's read-index round: one request to the leader for every waiter.
+pub(super) fn forwarded_read_index_round(member: &Member, waiters: Vec<()>) -> Answers<'_, Result<LogId, StoreError>> {
+    Box::pin(async move {
+        let answer = member.forwarded_read_index().await;
         vec![answer; waiters.len()]
     })
 }
@@ -127,28 +128,28 @@ pub(super) fn keep_alive_round(member: &Member, ids: Vec<i64>) -> Answers<'_, Re
 }
 
 impl Member {
-    /// One read index: this member's own when it leads, else the leader's over the peer API.
-    /// Retryable failures (no leader, no quorum yet, the leader moved) come back as
-    /// `NoLeader`/`NotLeader`; the caller decides whether to retry.
-    async fn read_index(&self) -> Result<ReadIndex, StoreError> {
+    /// This member's read index, after a quorum confirmed it still leads. Retryable failures
+    /// (no quorum answered in time) come back as `NoLeader`.
+    async fn leader_read_index(&self) -> Result<LogId, StoreError> {
         let linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
         match tokio::time::timeout(self.request_timeout, linearizer).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Ok(linearizer)) => Ok(ReadIndex { log_id: *linearizer.read_log_id().log_id(), local: true }),
+            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
             Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                let Some((_, leader)) = self.remote_leader() else { return Err(StoreError::NoLeader) };
-                match self.peers.read_index(&leader, self.request_timeout).await {
-                    Ok(Ok(log_id)) => Ok(ReadIndex { log_id, local: false }),
-                    // Whatever kept the leader from answering (it stepped down, lost its quorum,
-                    // cannot be reached), a later round may succeed.
-                    Ok(Err(_)) | Err(ForwardError::NotSent(_) | ForwardError::Uncertain(_)) => {
-                        Err(StoreError::NotLeader)
-                    }
-                }
-            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
             // No quorum answered in time: the leadership is unconfirmed.
             Ok(Err(RaftError::APIError(_))) => Err(StoreError::NoLeader),
+        }
+    }
+
+    /// The leader's read index, asked over the peer API. Whatever kept the leader from answering
+    /// (it stepped down, lost its quorum, cannot be reached) comes back as `NotLeader`: a later
+    /// round may succeed.
+    async fn forwarded_read_index(&self) -> Result<LogId, StoreError> {
+        let Some((_, leader)) = self.remote_leader() else { return Err(StoreError::NoLeader) };
+        match self.peers.read_index(&leader, self.request_timeout).await {
+            Ok(Ok(log_id)) => Ok(log_id),
+            Ok(Err(_)) | Err(ForwardError::NotSent(_) | ForwardError::Uncertain(_)) => Err(StoreError::NotLeader),
         }
     }
 }

@@ -19,7 +19,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use super::Member;
-use super::batch::ReadIndex;
+use super::batch::ReadIndexBatcher;
 use crate::error::StoreError;
 use crate::peer::ForwardError;
 use crate::raft::{Command, CommandResponse, LogId};
@@ -122,9 +122,10 @@ impl Member {
         }
     }
 
-    /// The answer of the next read-index round (shared with every concurrent read; `batch.rs`).
-    async fn next_read_index(&self, timeout: Duration) -> Result<ReadIndex, StoreError> {
-        match tokio::time::timeout(timeout, self.read_index.call(())).await {
+    /// The answer of `batcher`'s next read-index round (shared with every concurrent read;
+    /// `batch.rs`).
+    async fn next_read_index(&self, batcher: &ReadIndexBatcher, timeout: Duration) -> Result<LogId, StoreError> {
+        match tokio::time::timeout(timeout, batcher.call(())).await {
             Err(_) => Err(StoreError::Timeout),
             Ok(answer) => answer.and_then(|read| read),
         }
@@ -138,8 +139,12 @@ impl Member {
         }
         let mut retry = Retry::new(self.request_timeout);
         loop {
-            match self.next_read_index(retry.remaining()).await {
-                Ok(read) => return self.await_applied(read.log_id, retry.remaining()).await,
+            let read = match self.next_read_index(&self.leader_reads, retry.remaining()).await {
+                Err(StoreError::NotLeader) => self.next_read_index(&self.forwarded_reads, retry.remaining()).await,
+                read => read,
+            };
+            match read {
+                Ok(read_log_id) => return self.await_applied(read_log_id, retry.remaining()).await,
                 Err(err @ (StoreError::Timeout | StoreError::Stopped)) => return Err(err),
                 // No leader, or no quorum yet: retry while the deadline allows.
                 Err(_) => {}
@@ -155,10 +160,9 @@ impl Member {
     pub async fn confirm_leadership(&self) -> Result<(), StoreError> {
         let mut retry = Retry::new(self.request_timeout);
         loop {
-            match self.next_read_index(retry.remaining()).await {
-                Ok(read) if read.local => return Ok(()),
-                Ok(_) | Err(StoreError::NotLeader) => return Err(StoreError::NotLeader),
-                Err(err @ (StoreError::Timeout | StoreError::Stopped)) => return Err(err),
+            match self.next_read_index(&self.leader_reads, retry.remaining()).await {
+                Ok(_) => return Ok(()),
+                Err(err @ (StoreError::NotLeader | StoreError::Timeout | StoreError::Stopped)) => return Err(err),
                 // No quorum answered: retry while the deadline allows.
                 Err(_) => {}
             }
@@ -183,10 +187,7 @@ impl Member {
     /// The leader's side of a follower's linearizable read: confirm leadership (in a round shared
     /// with this member's own reads), return the index.
     pub async fn local_read_index(&self) -> Result<LogId, StoreError> {
-        match self.next_read_index(self.request_timeout).await? {
-            read if read.local => Ok(read.log_id),
-            _ => Err(StoreError::NotLeader),
-        }
+        self.next_read_index(&self.leader_reads, self.request_timeout).await
     }
 
     /// Waits until this member has applied every entry it knows to be committed (etcd's

@@ -139,8 +139,10 @@ pub struct Member {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The data size the quota check compares, sampled at most every `quota::SIZE_SAMPLE`.
     db_size: quota::SizeSample,
-    /// Queue for the next read-index round; its receiver belongs to a `batch::run` task.
-    read_index: batch::ReadIndexBatcher,
+    /// Queue for this member's next read-index round as leader (`batch::run` task).
+    leader_reads: batch::ReadIndexBatcher,
+    /// Queue for a follower's next read-index request to the leader (`batch::run` task).
+    forwarded_reads: batch::ReadIndexBatcher,
     /// Queue for a follower's next batch of forwarded keep-alives (`batch::run` task).
     keep_alives: batch::KeepAliveBatcher,
     _syncer: SyncerHandle,
@@ -238,7 +240,8 @@ impl Member {
         let syncer = core.hub().start_syncer();
         let lease_base = (member_id & 0xffff) << 47;
         let (removed, _) = tokio::sync::watch::channel(false);
-        let (read_index, read_waiters) = batch::ReadIndexBatcher::new();
+        let (leader_reads, leader_read_waiters) = batch::ReadIndexBatcher::new();
+        let (forwarded_reads, forwarded_read_waiters) = batch::ReadIndexBatcher::new();
         let (keep_alives, keep_alive_waiters) = batch::KeepAliveBatcher::new();
         let member = Arc::new(Self {
             config,
@@ -253,7 +256,8 @@ impl Member {
             removed,
             tasks: Mutex::new(Vec::new()),
             db_size: quota::SizeSample::default(),
-            read_index,
+            leader_reads,
+            forwarded_reads,
             keep_alives,
             _syncer: syncer,
         });
@@ -263,7 +267,18 @@ impl Member {
             tokio::spawn(leadership::publish(weak.clone())),
             tokio::spawn(leases::expire(weak.clone())),
             tokio::spawn(metrics::refresh(weak.clone())),
-            tokio::spawn(batch::run(weak.clone(), read_waiters, "keel_read_index_batch", batch::read_index_round)),
+            tokio::spawn(batch::run(
+                weak.clone(),
+                leader_read_waiters,
+                "keel_read_index_batch",
+                batch::leader_read_index_round,
+            )),
+            tokio::spawn(batch::run(
+                weak.clone(),
+                forwarded_read_waiters,
+                "keel_forwarded_read_index_batch",
+                batch::forwarded_read_index_round,
+            )),
             tokio::spawn(batch::run(
                 weak.clone(),
                 keep_alive_waiters,
