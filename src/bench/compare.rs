@@ -5,6 +5,12 @@
 //! writes a Markdown table of both figures and their ratio. It also measures the machine's floor
 //! for one durable write: a 256-byte append with `fdatasync`, and a loopback round trip.
 //!
+//! Two more scenarios run on fresh clusters of each size, so that what they measure is theirs
+//! alone: *history* (100k puts to one key, reads over that uncompacted history, then the data
+//! directories' size before and after compacting and after defragmenting) and *1M keys* (a
+//! million distinct keys, then each member's resident memory and data directory size). Those
+//! sizes go into a second table, as means per member.
+//!
 //! Invariants: every process it starts is its child, killed (and reaped) when the comparison ends
 //! or fails; data lives in a temporary directory removed at the end; each suite line is bounded by
 //! its own `--total`; nothing but loopback addresses is contacted.
@@ -16,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
-use keel_proto::etcdserverpb::StatusRequest;
+use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, RangeRequest, StatusRequest};
 
 use super::Bench;
 use super::load::Report;
@@ -40,6 +47,47 @@ const SUITE: &[(&str, &str)] = &[
     ("watch-fanout, 1000 watchers", "watch-fanout --total 100 --streams 10 --watchers-per-stream 100"),
 ];
 
+/// The history scenario, on fresh clusters: this many puts to one key, left uncompacted...
+const HISTORY_FILL: (&str, &str) =
+    ("put, 100 clients, 100k revisions of one key", "put --clients 100 --conns 10 --total 100000 --key-space-size 1");
+
+/// ...then reads of that key over its uncompacted history.
+const HISTORY_SUITE: &[(&str, &str)] = &[
+    (
+        "range linearizable over 100k revisions, 100 clients",
+        "range --clients 100 --conns 10 --total 20000 --consistency l",
+    ),
+    (
+        "range serializable over 100k revisions, 100 clients",
+        "range --clients 100 --conns 10 --total 20000 --consistency s",
+    ),
+];
+
+/// The size scenario, on fresh clusters: a million distinct keys with 256-byte values.
+const MILLION_KEYS_FILL: (&str, &str) = (
+    "put, 100 clients, 1M distinct keys",
+    "put --clients 100 --conns 10 --total 1000000 --key-space-size 1000000 --sequential-keys",
+);
+
+/// The footprint table's rows: mean per member, MiB.
+const DISK_HISTORY: &str = "on-disk size, 100k revisions of one key";
+const DISK_COMPACTED: &str = "on-disk size, after compacting them";
+const DISK_DEFRAGMENTED: &str = "on-disk size, after compacting and defragmenting";
+const MEMORY_MILLION: &str = "resident memory, 1M keys";
+const DISK_MILLION: &str = "on-disk size, 1M keys";
+
+const FOOTPRINT_INTRO: &str = "\nFootprint, mean per member (MiB; lower is better): resident memory (VmRSS) and the data \
+    directory's allocated size (`du`), each measured 5 s after the load or maintenance call ended. \
+    Values are distinct pseudo-random bytes, so compression gains nothing a real workload would not \
+    give.\n\n";
+
+/// How long a scenario's fill may take against one store.
+const FILL_BOUND: Duration = Duration::from_secs(900);
+
+/// How long the members are left alone after a fill or a compaction before they are measured,
+/// so that what they do in the background right after a burst is not what is measured.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Flags of `compare-etcd`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -52,7 +100,8 @@ pub struct CompareArgs {
     /// Cluster sizes to compare, comma-separated.
     #[arg(long, default_value = "1,3", value_delimiter = ',')]
     members: Vec<usize>,
-    /// Only the suite lines whose label contains this text.
+    /// Only the suite lines whose label contains this text (a scenario runs when any of its
+    /// labels does: "100k revisions", "1M keys", "on-disk size").
     #[arg(long)]
     only: Option<String>,
     /// Where the Markdown results go (appended).
@@ -93,6 +142,124 @@ impl Drop for Scratch {
 struct Cluster {
     children: Vec<Child>,
     endpoints: Vec<String>,
+    /// Each member's data directory, in the order of `children`.
+    data_dirs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// Mean resident memory of the members, in bytes (VmRSS from `/proc`).
+    fn mean_rss(&self) -> Result<u64> {
+        let mut total = 0;
+        for child in &self.children {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .with_context(|| format!("reading the status of member process {}", child.id()))?;
+            let kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no VmRSS for member process {}", child.id()))?;
+            total += kib * 1024;
+        }
+        Ok(total / self.children.len().max(1) as u64)
+    }
+
+    /// Mean disk space the members' data directories take (allocated blocks, as `du` counts).
+    fn mean_disk(&self) -> Result<u64> {
+        let mut total = 0;
+        for dir in &self.data_dirs {
+            total += disk_usage(dir)?;
+        }
+        Ok(total / self.data_dirs.len().max(1) as u64)
+    }
+
+    /// Compacts at the current revision, waiting until the history is physically removed.
+    async fn compact_all(&self) -> Result<i64> {
+        let mut kv = KvClient::new(keel_store::tls::lazy_channel(&self.endpoints[0], None, None, |e| e)?);
+        let revision = kv
+            .range(RangeRequest { key: vec![0], count_only: true, ..Default::default() })
+            .await
+            .context("reading the revision")?
+            .into_inner()
+            .header
+            .map_or(0, |h| h.revision);
+        kv.compact(CompactionRequest { revision, physical: true }).await.context("compact")?;
+        Ok(revision)
+    }
+
+    /// Defragments every member, one after another (etcd's defragmentation is per member).
+    async fn defragment_all(&self) -> Result<()> {
+        for url in &self.endpoints {
+            let channel = keel_store::tls::lazy_channel(url, None, None, |e| e)?;
+            MaintenanceClient::new(channel)
+                .defragment(DefragmentRequest {})
+                .await
+                .with_context(|| format!("defragmenting {url}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// An etcd cluster and a Keel cluster of the same size, started for one scenario.
+struct Pair {
+    etcd: Cluster,
+    keel: Cluster,
+}
+
+impl Pair {
+    async fn start(etcd: &Path, keel: &Path, size: usize, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("etcd"))?;
+        std::fs::create_dir_all(dir.join("keel"))?;
+        eprintln!("== {size} member(s): starting etcd and Keel in {}", dir.display());
+        let etcd = start_cluster(etcd, false, size, &dir.join("etcd")).await?;
+        let keel = start_cluster(keel, true, size, &dir.join("keel")).await?;
+        Ok(Self { etcd, keel })
+    }
+
+    /// Runs each line against both stores, alternating which goes first so that drift in the
+    /// machine's load hits both alike; returns the table rows.
+    async fn run_lines(&self, lines: &[&(&str, &str)], size: usize, bound: Duration) -> Result<Vec<String>> {
+        let mut rows = Vec::with_capacity(lines.len());
+        for (n, (label, line)) in lines.iter().enumerate() {
+            let (first, second) = if n % 2 == 0 { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
+            eprintln!("-- {label}");
+            let a = run_line_within(bound, line, &first.endpoints).await.with_context(|| label.to_string())?;
+            let b = run_line_within(bound, line, &second.endpoints).await.with_context(|| label.to_string())?;
+            let (etcd_report, keel_report) = if n % 2 == 0 { (a, b) } else { (b, a) };
+            let row = row(label, size, &etcd_report, &keel_report);
+            eprintln!("{row}");
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// One footprint row: `measure` of both clusters, in MiB, and their ratio.
+    fn footprint_row(&self, label: &str, size: usize, measure: fn(&Cluster) -> Result<u64>) -> Result<String> {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let etcd = measure(&self.etcd).context("etcd")?;
+        let keel = measure(&self.keel).context("Keel")?;
+        let row = format!(
+            "| {label} | {size} | {:.1} | {:.1} | **{:.2}×** |",
+            mib(etcd),
+            mib(keel),
+            keel as f64 / etcd.max(1) as f64
+        );
+        eprintln!("{row}");
+        Ok(row)
+    }
+}
+
+/// Allocated bytes of every file under `path` (`du`'s figure: blocks, not lengths, so sparse
+/// and preallocated files count as what they take).
+fn disk_usage(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            total += disk_usage(&entry?.path())?;
+        }
+    }
+    Ok(total)
 }
 
 impl Drop for Cluster {
@@ -109,11 +276,12 @@ async fn start_cluster(binary: &Path, store_arg: bool, size: usize, dir: &Path) 
     let ports: Vec<(u16, u16)> = (0..size).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
     let initial: Vec<String> =
         ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
-    let mut cluster = Cluster { children: Vec::new(), endpoints: Vec::new() };
+    let mut cluster = Cluster { children: Vec::new(), endpoints: Vec::new(), data_dirs: Vec::new() };
     for (i, (client, peer)) in ports.iter().enumerate() {
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.join(format!("m{i}.log")))?;
+        let data_dir = dir.join(format!("m{i}"));
         let mut command = Command::new(binary);
         if store_arg {
             command.arg("store");
@@ -121,7 +289,7 @@ async fn start_cluster(binary: &Path, store_arg: bool, size: usize, dir: &Path) 
         command
             .args(["--name", &format!("m{i}")])
             .arg("--data-dir")
-            .arg(dir.join(format!("m{i}")))
+            .arg(&data_dir)
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
@@ -131,6 +299,7 @@ async fn start_cluster(binary: &Path, store_arg: bool, size: usize, dir: &Path) 
             .stderr(log);
         cluster.children.push(command.spawn().with_context(|| format!("starting {}", binary.display()))?);
         cluster.endpoints.push(client_url);
+        cluster.data_dirs.push(data_dir);
     }
     wait_for_leader(&cluster.endpoints).await?;
     Ok(cluster)
@@ -167,11 +336,10 @@ fn free_port() -> Result<u16> {
 /// Longest one suite line may run against one store before the comparison gives up on it.
 const LINE_BOUND: Duration = Duration::from_secs(300);
 
-/// Runs one suite line against `endpoints`, within [`LINE_BOUND`].
-async fn run_line(line: &str, endpoints: &[String]) -> Result<Report> {
-    tokio::time::timeout(LINE_BOUND, run_line_unbounded(line, endpoints))
+async fn run_line_within(bound: Duration, line: &str, endpoints: &[String]) -> Result<Report> {
+    tokio::time::timeout(bound, run_line_unbounded(line, endpoints))
         .await
-        .map_err(|_| anyhow::anyhow!("did not finish within {LINE_BOUND:?}"))?
+        .map_err(|_| anyhow::anyhow!("did not finish within {bound:?}"))?
 }
 
 async fn run_line_unbounded(line: &str, endpoints: &[String]) -> Result<Report> {
@@ -265,25 +433,46 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
             .to_string(),
         "|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
-    let lines: Vec<&(&str, &str)> =
-        SUITE.iter().filter(|(label, _)| args.only.as_ref().is_none_or(|only| label.contains(only.as_str()))).collect();
+    let selected = |label: &str| args.only.as_ref().is_none_or(|only| label.contains(only.as_str()));
+    let lines: Vec<&(&str, &str)> = SUITE.iter().filter(|(label, _)| selected(label)).collect();
+    let history =
+        [HISTORY_FILL.0, HISTORY_SUITE[0].0, HISTORY_SUITE[1].0, DISK_HISTORY, DISK_COMPACTED, DISK_DEFRAGMENTED]
+            .iter()
+            .any(|label| selected(label));
+    let million = [MILLION_KEYS_FILL.0, MEMORY_MILLION, DISK_MILLION].iter().any(|label| selected(label));
+    let mut footprint =
+        vec!["| measure | members | etcd | Keel | Keel/etcd |".to_string(), "|---|---|---|---|---|".to_string()];
     for &size in &args.members {
         let dir = scratch.path().join(format!("{size}"));
-        std::fs::create_dir_all(dir.join("etcd"))?;
-        std::fs::create_dir_all(dir.join("keel"))?;
-        eprintln!("== {size} member(s): starting etcd and Keel");
-        let etcd = start_cluster(&args.etcd, false, size, &dir.join("etcd")).await?;
-        let keel_cluster = start_cluster(&keel, true, size, &dir.join("keel")).await?;
-        for (n, (label, line)) in lines.iter().enumerate() {
-            // Alternate which store goes first, so drift in the machine's load hits both alike.
-            let (first, second) = if n % 2 == 0 { (&etcd, &keel_cluster) } else { (&keel_cluster, &etcd) };
-            eprintln!("-- {label}");
-            let a = run_line(line, &first.endpoints).await.with_context(|| label.to_string())?;
-            let b = run_line(line, &second.endpoints).await.with_context(|| label.to_string())?;
-            let (etcd_report, keel_report) = if n % 2 == 0 { (a, b) } else { (b, a) };
-            let row = row(label, size, &etcd_report, &keel_report);
-            eprintln!("{row}");
-            table.push(row);
+        if !lines.is_empty() {
+            let pair = Pair::start(&args.etcd, &keel, size, &dir.join("suite")).await?;
+            table.extend(pair.run_lines(&lines, size, LINE_BOUND).await?);
+        }
+        if history {
+            // Fresh clusters, so the history is exactly the fill's and nothing else's.
+            let pair = Pair::start(&args.etcd, &keel, size, &dir.join("history")).await?;
+            table.extend(pair.run_lines(&[&HISTORY_FILL], size, FILL_BOUND).await?);
+            tokio::time::sleep(SETTLE).await;
+            let reads: Vec<&(&str, &str)> = HISTORY_SUITE.iter().collect();
+            table.extend(pair.run_lines(&reads, size, LINE_BOUND).await?);
+            footprint.push(pair.footprint_row(DISK_HISTORY, size, Cluster::mean_disk)?);
+            eprintln!("-- compacting both stores at their current revision");
+            pair.etcd.compact_all().await.context("etcd")?;
+            pair.keel.compact_all().await.context("Keel")?;
+            tokio::time::sleep(SETTLE).await;
+            footprint.push(pair.footprint_row(DISK_COMPACTED, size, Cluster::mean_disk)?);
+            eprintln!("-- defragmenting every member of both stores");
+            pair.etcd.defragment_all().await.context("etcd")?;
+            pair.keel.defragment_all().await.context("Keel")?;
+            tokio::time::sleep(SETTLE).await;
+            footprint.push(pair.footprint_row(DISK_DEFRAGMENTED, size, Cluster::mean_disk)?);
+        }
+        if million {
+            let pair = Pair::start(&args.etcd, &keel, size, &dir.join("million")).await?;
+            table.extend(pair.run_lines(&[&MILLION_KEYS_FILL], size, FILL_BOUND).await?);
+            tokio::time::sleep(SETTLE).await;
+            footprint.push(pair.footprint_row(MEMORY_MILLION, size, Cluster::mean_rss)?);
+            footprint.push(pair.footprint_row(DISK_MILLION, size, Cluster::mean_disk)?);
         }
     }
     let commit = Command::new("git")
@@ -328,6 +517,11 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
     );
     section.push_str(&table.join("\n"));
     section.push('\n');
+    if footprint.len() > 2 {
+        section.push_str(FOOTPRINT_INTRO);
+        section.push_str(&footprint.join("\n"));
+        section.push('\n');
+    }
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

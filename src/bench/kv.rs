@@ -1,9 +1,10 @@
 //! Key-value benchmarks: `put`, `range`, `txn-put` and `txn-mixed`, each request one RPC of the
 //! etcd v3 KV service, driven by [`super::load`].
 //!
-//! Invariant: every request is built from its number alone (key, and for `txn-mixed` whether it
-//! reads or writes), so two runs with the same flags send the same requests whichever client
-//! sends them.
+//! Invariant: every request is built from its number alone (key, value, and for `txn-mixed`
+//! whether it reads or writes), so two runs with the same flags send the same requests whichever
+//! client sends them. Values are pseudo-random bytes, different for every put, so a store that
+//! compresses its data gains nothing a real workload would not give it.
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -83,7 +84,7 @@ struct KeyValues {
     key_space_size: u64,
     key_size: usize,
     sequential_keys: bool,
-    value: Vec<u8>,
+    val_size: usize,
 }
 
 impl KeyValues {
@@ -98,12 +99,25 @@ impl KeyValues {
         let first = super::load::key_index(op, self.key_space_size, self.sequential_keys);
         super::load::key_bytes((first + n) % self.key_space_size, self.key_size)
     }
+
+    /// The value of the `n`th put of request `op`: `val_size` pseudo-random bytes.
+    fn nth_value(&self, op: u64, n: u64) -> Vec<u8> {
+        let seed = super::load::mix(op).wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut value = Vec::with_capacity(self.val_size + 8);
+        let mut word = 0u64;
+        while value.len() < self.val_size {
+            word += 1;
+            value.extend_from_slice(&super::load::mix(seed ^ word).to_le_bytes());
+        }
+        value.truncate(self.val_size);
+        value
+    }
 }
 
 impl Worker for KvWorker {
     async fn call(&mut self, op: u64) -> Result<()> {
         let key = self.args.key(op);
-        let put = |key: Vec<u8>| PutRequest { key, value: self.args.value.clone(), ..Default::default() };
+        let put = |key: Vec<u8>, n: u64| PutRequest { key, value: self.args.nth_value(op, n), ..Default::default() };
         let range = |key: Vec<u8>, consistency: Consistency| RangeRequest {
             key,
             serializable: consistency == Consistency::Serializable,
@@ -111,7 +125,7 @@ impl Worker for KvWorker {
         };
         match &self.request {
             Request::Put => {
-                self.client.put(put(key)).await.context("put")?;
+                self.client.put(put(key, 0)).await.context("put")?;
             }
             Request::Range(consistency) => {
                 self.client.range(range(key, *consistency)).await.context("range")?;
@@ -119,7 +133,7 @@ impl Worker for KvWorker {
             Request::TxnPut(ops) => {
                 let success = (0..*ops)
                     .map(|i| RequestOp {
-                        request: Some(request_op::Request::RequestPut(put(self.args.nth_key(op, i)))),
+                        request: Some(request_op::Request::RequestPut(put(self.args.nth_key(op, i), i))),
                     })
                     .collect();
                 self.client.txn(TxnRequest { success, ..Default::default() }).await.context("txn")?;
@@ -131,7 +145,7 @@ impl Worker for KvWorker {
                 let request = if reads_now {
                     request_op::Request::RequestRange(range(key, *consistency))
                 } else {
-                    request_op::Request::RequestPut(put(key))
+                    request_op::Request::RequestPut(put(key, 0))
                 };
                 let success = vec![RequestOp { request: Some(request) }];
                 self.client.txn(TxnRequest { success, ..Default::default() }).await.context("txn")?;
@@ -148,7 +162,7 @@ async fn run(load: &LoadArgs, request: Request) -> Result<Report> {
         key_space_size: load.key_space_size,
         key_size: load.key_size,
         sequential_keys: load.sequential_keys,
-        value: load.value(),
+        val_size: load.val_size,
     });
     let workers = (0..load.clients)
         .map(|c| KvWorker {

@@ -114,11 +114,6 @@ impl LoadArgs {
         };
         connect(&self.endpoints, self.conns, tls).await
     }
-
-    /// A value of `--val-size` bytes.
-    pub fn value(&self) -> Vec<u8> {
-        vec![b'v'; self.val_size]
-    }
 }
 
 /// `conns` connections spread over `endpoints`, each established (by a Status request) before
