@@ -4,27 +4,35 @@
 //! by the next call. Every call is bounded by a timeout. A transport failure is reported to openraft
 //! as `Unreachable` (it backs off and retries); a forwarded request distinguishes "never sent" (safe
 //! to retry) from "outcome unknown" (not retried: a write may have been applied).
+//!
+//! Replication uses one `StreamAppend` call per openraft stream session: requests are pipelined
+//! (openraft bounds how many are in flight) and answered in order; the oldest unanswered request
+//! must be answered within openraft's RPC timeout or the stream ends as `Unreachable`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
 
 use keel_proto::keelpeer::peer_client::PeerClient as GrpcClient;
 use keel_proto::keelpeer::{PeerRequest, PeerResponse, SnapshotChunk};
-use openraft::errors::{RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::SnapshotOf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use super::{
     ClusterInfo, LeaseReply, LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, MembershipReply, PROTOCOL_VERSION,
@@ -264,8 +272,120 @@ impl PeerConnection {
     }
 }
 
+/// What a `StreamAppend` call's request side tells its answer side. Locked only to push or pop,
+/// never across an await.
+#[derive(Default)]
+struct AppendPipeline {
+    /// When each request not yet answered was handed to the transport, oldest first: the oldest
+    /// must be answered within the RPC timeout.
+    unanswered: VecDeque<Instant>,
+    /// Why the request side stopped early (a request that could not be encoded).
+    failure: Option<String>,
+}
+
+fn lock(pipeline: &Mutex<AppendPipeline>) -> MutexGuard<'_, AppendPipeline> {
+    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The answer side of a `StreamAppend` call, as the `unfold` state of the stream openraft reads.
+struct AppendAnswers {
+    answers: Streaming<PeerResponse>,
+    pipeline: Arc<Mutex<AppendPipeline>>,
+    /// The RPC timeout: how long the oldest unanswered request may wait for its answer.
+    ttl: Duration,
+    /// Names the peer in errors.
+    peer: String,
+}
+
+impl AppendAnswers {
+    /// The next answer; `None` when the stream ended. An `Err` ends the stream.
+    async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        let unreachable = |why: String| Some(Err(RPCError::Unreachable(Unreachable::from_string(why))));
+        loop {
+            let oldest = lock(&self.pipeline).unanswered.front().copied();
+            // With a request outstanding the wait is bounded by its deadline; with none, the
+            // stream may rightly stay quiet, so the wait is cut at the timeout only to look again.
+            let deadline = oldest.map_or_else(|| Instant::now() + self.ttl, |sent| sent + self.ttl);
+            let answer = match tokio::time::timeout_at(deadline.into(), self.answers.next()).await {
+                Err(_) if oldest.is_some() => {
+                    return unreachable(format!("{}: no append answer within {:?}", self.peer, self.ttl));
+                }
+                Err(_) => continue,
+                Ok(answer) => answer,
+            };
+            return match answer {
+                None => {
+                    lock(&self.pipeline).failure.take().and_then(|why| unreachable(format!("{}: {why}", self.peer)))
+                }
+                Some(Err(status)) => unreachable(format!("{}: {}", self.peer, status.message())),
+                Some(Ok(response)) => {
+                    lock(&self.pipeline).unanswered.pop_front();
+                    match decode::<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>(&response.payload) {
+                        Err(err) => unreachable(format!("{}: undecodable append answer: {err}", self.peer)),
+                        // The peer's Raft has stopped: back off as for an unreachable peer.
+                        Ok(Err(fatal)) => unreachable(format!("{}: {fatal}", self.peer)),
+                        Ok(Ok(result)) => Some(Ok(result)),
+                    }
+                }
+            };
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFile;
+
+    /// Pipelined replication over one `StreamAppend` call: each request is sent as openraft
+    /// produces it, without waiting for the answers to those before it (the peer answers in
+    /// order). The stream ends at the first error; openraft then backs off and opens another.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let url = first_url(&self.node).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?.to_string();
+            let mut client = self.peers.client(&url).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
+            let ttl = option.hard_ttl();
+            let pipeline = Arc::new(Mutex::new(AppendPipeline::default()));
+            let cluster_id = self.peers.cluster_id.load(Ordering::Relaxed);
+            let requests =
+                futures::stream::unfold((input, pipeline.clone()), move |(mut input, pipeline)| async move {
+                    let rpc = input.next().await?;
+                    match encode(&rpc) {
+                        Ok(payload) => {
+                            lock(&pipeline).unanswered.push_back(Instant::now());
+                            Some((PeerRequest { version: PROTOCOL_VERSION, cluster_id, payload }, (input, pipeline)))
+                        }
+                        Err(err) => {
+                            lock(&pipeline).failure = Some(format!("encoding an append request: {err}"));
+                            None
+                        }
+                    }
+                });
+            let answers = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_) => return Err(RPCError::Unreachable(self.unreachable(format!("no answer within {ttl:?}")))),
+                Ok(Err(status)) => return Err(RPCError::Unreachable(self.unreachable(status.message()))),
+                Ok(Ok(response)) => response.into_inner(),
+            };
+            let state =
+                AppendAnswers { answers, pipeline, ttl, peer: format!("member {:x} ({})", self.target, self.node) };
+            let answers = futures::stream::unfold(Some(state), |state| async move {
+                let mut state = state?;
+                let answer = state.next().await?;
+                // An error, or a refusal from the peer's Raft, is the stream's last item.
+                let more = matches!(answer, Ok(Ok(_)));
+                Some((answer, more.then_some(state)))
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,

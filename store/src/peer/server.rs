@@ -3,13 +3,16 @@
 //! Every request is checked for the protocol version and the cluster id first (except
 //! `ClusterInfo`, which a joining member calls before it knows the id). Snapshot chunks are written
 //! to a partial file in the snapshot directory as they arrive (bounded memory) and handed to Raft,
-//! which verifies the checksum before installing, when the stream ends.
+//! which verifies the checksum before installing, when the stream ends. Replication arrives on
+//! `StreamAppend`, one long-lived stream per leader and follower, each request checked like a
+//! unary one.
 
 use std::future::Future;
 use std::io::Write;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use keel_proto::keelpeer::peer_server::{Peer, PeerServer};
 use keel_proto::keelpeer::{PeerRequest, PeerResponse, SnapshotChunk};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -56,11 +59,55 @@ impl PeerService {
     }
 }
 
+/// The answers of a `StreamAppend` call.
+type AppendAnswers = Pin<Box<dyn Stream<Item = Result<PeerResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
         reply(&self.member.raft().append_entries(rpc).await)
+    }
+
+    type StreamAppendStream = AppendAnswers;
+
+    /// Pipelined replication: requests go to openraft's `stream_append` as they arrive (it keeps
+    /// at most 64 in flight) and its answers are sent back in order. The first request that is
+    /// refused ends the input; its reason follows the answers to the requests before it. The
+    /// caller dropping the stream ends both directions.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<PeerRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let incoming = request.into_inner();
+        // Written once by the input side when it refuses a request, read once by the output side
+        // after the last answer; never held across an await.
+        let refusal: Arc<Mutex<Option<Status>>> = Arc::default();
+        let state = (incoming, self.clone(), refusal.clone());
+        let rpcs = futures::stream::unfold(state, |(mut incoming, service, refusal)| async move {
+            let opened = match incoming.next().await? {
+                Ok(req) => service.check(req.version, req.cluster_id).and_then(|()| {
+                    decode::<AppendEntriesRequest<TypeConfig>>(&req.payload)
+                        .map_err(|e| Status::invalid_argument(format!("malformed append request: {e}")))
+                }),
+                Err(status) => Err(status),
+            };
+            match opened {
+                Ok(rpc) => Some((rpc, (incoming, service, refusal))),
+                Err(status) => {
+                    *refusal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(status);
+                    None
+                }
+            }
+        });
+        let answers = self.member.raft().stream_append(Box::pin(rpcs)).map(|answer| {
+            encode(&answer).map(|payload| PeerResponse { payload }).map_err(|e| Status::internal(e.to_string()))
+        });
+        let refused = futures::stream::once(async move {
+            refusal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take().map(Err)
+        })
+        .filter_map(std::future::ready);
+        Ok(Response::new(Box::pin(answers.chain(refused))))
     }
 
     async fn vote(&self, request: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {

@@ -70,24 +70,33 @@ impl Member {
         self.forward_proposal(command).await
     }
 
-    /// [`Member::propose`] without the quota check.
+    /// [`Member::propose`] without the quota check. When another member is known to lead, the
+    /// command goes straight to it (asking this member's Raft first would only cost a round trip
+    /// through its core to learn the same); when the leader is this member or unknown, or the
+    /// known leader turns out not to lead, it is proposed here.
     pub(super) async fn forward_proposal(&self, command: Command) -> Result<CommandResponse, StoreError> {
         let mut retry = Retry::new(self.request_timeout);
         loop {
-            match self.try_propose_local(command.clone(), retry.remaining()).await {
-                Local::Done(result) => return result,
-                Local::NotLeader => {
-                    if let Some((_, leader)) = self.remote_leader() {
-                        match self.peers.propose(&leader, &command, retry.remaining()).await {
-                            Ok(Ok(response)) => return Ok(response),
-                            // The peer did not propose: it is not (or no longer) the leader.
-                            Ok(Err(StoreError::NotLeader | StoreError::NoLeader)) | Err(ForwardError::NotSent(_)) => {}
-                            Ok(Err(err)) => return Err(err),
-                            Err(ForwardError::Uncertain(why)) => {
-                                tracing::debug!(%why, "forwarded proposal has an unknown outcome");
-                                return Err(StoreError::Timeout);
-                            }
+            let remote = self.remote_leader();
+            if remote.is_none()
+                && let Local::Done(result) = self.try_propose_local(command.clone(), retry.remaining()).await
+            {
+                return result;
+            }
+            if let Some((_, leader)) = remote.or_else(|| self.remote_leader()) {
+                match self.peers.propose(&leader, &command, retry.remaining()).await {
+                    Ok(Ok(response)) => return Ok(response),
+                    // The peer did not propose: it is not (or no longer) the leader. This member
+                    // may be, before its metrics say so.
+                    Ok(Err(StoreError::NotLeader | StoreError::NoLeader)) | Err(ForwardError::NotSent(_)) => {
+                        if let Local::Done(result) = self.try_propose_local(command.clone(), retry.remaining()).await {
+                            return result;
                         }
+                    }
+                    Ok(Err(err)) => return Err(err),
+                    Err(ForwardError::Uncertain(why)) => {
+                        tracing::debug!(%why, "forwarded proposal has an unknown outcome");
+                        return Err(StoreError::Timeout);
                     }
                 }
             }

@@ -373,7 +373,10 @@ impl Member {
 
     /// The current leader and its node, when known and not this member.
     fn remote_leader(&self) -> Option<(u64, MemberNode)> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        // Borrowed, not cloned: this runs for every forwarded request, and the metrics hold the
+        // whole membership. The borrow ends before any await.
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow_watched();
         let leader = metrics.current_leader?;
         if leader == self.member_id {
             return None;
