@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, RangeRequest, StatusRequest};
+use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, StatusRequest};
 
 use super::Bench;
 use super::load::Report;
@@ -175,13 +175,7 @@ impl Cluster {
     /// Compacts at the current revision, waiting until the history is physically removed.
     async fn compact_all(&self) -> Result<i64> {
         let mut kv = KvClient::new(keel_store::tls::lazy_channel(&self.endpoints[0], None, None, |e| e)?);
-        let revision = kv
-            .range(RangeRequest { key: vec![0], count_only: true, ..Default::default() })
-            .await
-            .context("reading the revision")?
-            .into_inner()
-            .header
-            .map_or(0, |h| h.revision);
+        let revision = super::kv::current_revision(&mut kv).await?;
         kv.compact(CompactionRequest { revision, physical: true }).await.context("compact")?;
         Ok(revision)
     }

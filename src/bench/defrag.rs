@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, PutRequest, RangeRequest, StatusRequest};
+use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, PutRequest, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use super::load::quantile;
@@ -185,13 +185,7 @@ pub async fn defrag_latency(args: DefragArgs) -> Result<()> {
         let half: Vec<usize> = (0..args.keys).filter(|i| i % 2 == round % 2).collect();
         println!("-- overwriting {} keys", half.len());
         let took = fill(&conns, args.fill_clients, half, args.val_size).await?;
-        let revision = kv
-            .range(RangeRequest { key: vec![0], count_only: true, ..Default::default() })
-            .await
-            .context("reading the revision")?
-            .into_inner()
-            .header
-            .map_or(0, |h| h.revision);
+        let revision = super::kv::current_revision(&mut kv).await?;
         let compacting = Instant::now();
         kv.compact(CompactionRequest { revision, physical: true }).await.context("compact")?;
         let (size_before, in_use_before) = db_size(&mut maintenance).await?;

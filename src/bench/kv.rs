@@ -174,6 +174,15 @@ async fn run(load: &LoadArgs, request: Request) -> Result<Report> {
     drive(load, workers).await
 }
 
+/// The store's current revision, from the header of a count-only range.
+pub(super) async fn current_revision(kv: &mut KvClient<Channel>) -> Result<i64> {
+    let response = kv
+        .range(RangeRequest { key: vec![0], count_only: true, ..Default::default() })
+        .await
+        .context("reading the revision")?;
+    Ok(response.into_inner().header.map_or(0, |h| h.revision))
+}
+
 /// `keel bench put`.
 pub async fn put(load: &LoadArgs) -> Result<Report> {
     run(load, Request::Put).await
