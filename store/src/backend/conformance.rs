@@ -306,3 +306,45 @@ fn rocksdb_defragment_reclaims_the_space_of_deleted_keys() {
     assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, KEYS / 10);
     assert_eq!(backend.get(Cf::Revs, &10u64.to_be_bytes()).unwrap(), Some(incompressible(10, 2048)));
 }
+
+#[test]
+fn rocksdb_reclaim_deleted_frees_the_space_of_deleted_keys_without_a_defragmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
+    const KEYS: u64 = 4_000;
+    for chunk in 0..KEYS / 500 {
+        let mut batch = WriteBatch::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            batch.put(Cf::Revs, i.to_be_bytes().to_vec(), incompressible(i, 2048));
+        }
+        backend.write(batch, Durability::Buffered).unwrap();
+    }
+    // The data goes to table files first, as it would over a long life, so the deletes below
+    // shadow data on disk rather than in the memtable.
+    backend.defragment().unwrap();
+    let full = backend.size_bytes();
+    assert!(full > KEYS * 2048 * 9 / 10, "the data takes its size on disk: {full} bytes");
+
+    let mut batch = WriteBatch::new();
+    for i in (0..KEYS).filter(|i| i % 10 != 0) {
+        batch.delete(Cf::Revs, i.to_be_bytes().to_vec());
+    }
+    backend.write(batch, Durability::Synced).unwrap();
+    backend.reclaim_deleted(&[Cf::Revs]).unwrap();
+
+    // RocksDB compacts the marked file on its own threads: wait for it, boundedly.
+    let mut reclaimed = backend.size_bytes();
+    for _ in 0..600 {
+        if reclaimed < full / 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        reclaimed = backend.size_bytes();
+    }
+    assert!(
+        reclaimed < full / 5,
+        "about a tenth of {full} bytes should be left without a defragmentation, left {reclaimed}"
+    );
+    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, KEYS / 10);
+    assert_eq!(backend.get(Cf::Revs, &10u64.to_be_bytes()).unwrap(), Some(incompressible(10, 2048)));
+}

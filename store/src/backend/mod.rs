@@ -272,6 +272,18 @@ pub trait Backend: Send + Sync + 'static {
         self.size_bytes()
     }
 
+    /// Lets the space held by records just deleted from `cfs` be reclaimed soon, in the background,
+    /// without a full [`Backend::defragment`]: called after an MVCC compaction removed history.
+    ///
+    /// It changes no key or value and blocks no read or write. RocksDB flushes the column
+    /// families' memtables, so the deletes reach files that its deletion-triggered compaction
+    /// rewrites (dropping the deleted data) on its own threads; backends that drop deleted data at
+    /// once have nothing to do.
+    fn reclaim_deleted(&self, cfs: &[Cf]) -> Result<(), BackendError> {
+        let _ = cfs;
+        Ok(())
+    }
+
     /// Reclaims the space held by deleted and overwritten data (etcd's defragmentation), so
     /// [`Backend::size_bytes`] shrinks after an MVCC compaction removed history.
     ///

@@ -19,6 +19,11 @@ use rocksdb::{
 use super::{Backend, BackendError, BatchOp, CHECKPOINT_DIR_PREFIX, Cf, Cursor, Durability, ExportVisitor, WriteBatch};
 use crate::planted::{self, PlantedBug};
 
+/// Entries per sliding window in which half being deletes marks a new file for compaction.
+const DELETION_WINDOW: usize = 10_000;
+/// Share of deletes among all of a new file's entries that marks it for compaction.
+const DELETION_RATIO: f64 = 0.5;
+
 /// Tuning knobs for the RocksDB backend.
 #[derive(Clone, Debug)]
 pub struct RocksOptions {
@@ -75,6 +80,10 @@ impl RocksBackend {
             cf_opts.set_block_based_table_factory(&table);
             cf_opts.set_compression_type(DBCompressionType::Lz4);
             cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            // A file written mostly of deletes (what an MVCC compaction leaves) is marked for
+            // compaction as soon as it is written, so the history it deletes is dropped from disk
+            // without waiting for the level to fill or for a defragmentation.
+            cf_opts.add_compact_on_deletion_collector_factory(DELETION_WINDOW, DELETION_WINDOW / 2, DELETION_RATIO);
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(engine)?;
@@ -202,6 +211,14 @@ impl Backend for RocksBackend {
 
     fn size_in_use_bytes(&self) -> u64 {
         self.sum_property("rocksdb.live-sst-files-size") + self.sum_property("rocksdb.size-all-mem-tables")
+    }
+
+    fn reclaim_deleted(&self, cfs: &[Cf]) -> Result<(), BackendError> {
+        // Deletes still in a memtable shadow the data in files below but free nothing; flushed,
+        // they form files the deletion collector marks, and the compaction of those files drops
+        // the data they delete.
+        let handles: Vec<&ColumnFamily> = cfs.iter().map(|&cf| self.handle(cf)).collect();
+        self.db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default()).map_err(engine)
     }
 
     fn defragment(&self) -> Result<(), BackendError> {

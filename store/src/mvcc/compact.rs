@@ -9,6 +9,10 @@
 //! ≤ `C`, and that newest version too when it is a tombstone below `C`. Nothing at revision `C` itself
 //! is removed, so a watch starting at `C` still sees every event of `C` (etcd once lost a delete that
 //! way).
+//!
+//! After a completed pass the backend is asked to reclaim the deleted records' space
+//! ([`Backend::reclaim_deleted`]), so unlike etcd's, a compaction alone shrinks the data on disk
+//! (shortly after, on RocksDB's own threads); a defragmentation is needed only for what is left.
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -223,6 +227,11 @@ fn compact_to(
         }
         backend.write(batch, Durability::Buffered)?;
         if finished {
+            // The history is unreadable already; freeing its disk space is best effort, and a
+            // defragmentation reclaims whatever this leaves.
+            if let Err(err) = backend.reclaim_deleted(&[Cf::Index, Cf::Revs]) {
+                tracing::warn!(%err, target, "could not start reclaiming the space of compacted history");
+            }
             return Ok(true);
         }
     }
