@@ -1,7 +1,8 @@
 //! The peer API's pipelined replication stream (`StreamAppend`) refuses what is not its own
 //! cluster's Raft traffic: a request stamped with another cluster id or protocol version, or one
 //! that does not decode, ends the stream with an error naming the reason, and the member's data
-//! and the cluster's progress are untouched.
+//! and the cluster's progress are untouched. Proposals a follower forwards in batches
+//! (`ProposeMany`) each get their own answer, and a foreign or malformed batch is refused.
 
 mod support;
 
@@ -55,4 +56,74 @@ async fn a_stream_append_from_another_cluster_or_malformed_is_refused_and_change
     let data = cluster.local_data(follower).await;
     assert_eq!(data.get("before").map(String::as_str), Some("1"));
     assert_eq!(data.get("after").map(String::as_str), Some("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let client = cluster.client(follower).await;
+
+    // Enough concurrent writes that the follower forwards them several to a call; every other
+    // one names a lease that does not exist and must fail, alone.
+    const WRITES: usize = 200;
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..WRITES {
+        let mut kv = client.kv_client();
+        writes.spawn(async move {
+            let options = (i % 2 == 1).then(|| etcd_client::PutOptions::new().with_lease(0x7fff_0000 + i as i64));
+            (i, kv.put(format!("w/{i:03}"), format!("v{i}"), options).await)
+        });
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    while let Some(joined) = writes.join_next().await {
+        let (i, answer) = joined.expect("the write task");
+        match answer {
+            Ok(put) if i % 2 == 0 => {
+                let revision = put.header().expect("a response header").revision();
+                assert!(revisions.insert(revision), "write {i} got revision {revision}, which another write had");
+            }
+            Ok(_) => panic!("write {i} named a missing lease and still succeeded"),
+            Err(err) if i % 2 == 1 => assert!(err.to_string().contains("lease not found"), "write {i}: {err}"),
+            Err(err) => panic!("write {i} failed: {err}"),
+        }
+    }
+    assert_eq!(revisions.len(), WRITES / 2);
+
+    cluster.converged().await;
+    for member in 0..3 {
+        let data = cluster.local_data(member).await;
+        for i in 0..WRITES {
+            let expected = (i % 2 == 0).then(|| format!("v{i}"));
+            assert_eq!(data.get(&format!("w/{i:03}")), expected.as_ref(), "member {member}, write {i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_propose_many_from_another_cluster_or_malformed_is_refused() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let mut client = cluster.client(leader).await;
+    client.put("before", "1", None).await.unwrap();
+    let cluster_id = client.status().await.unwrap().header().expect("a response header").cluster_id();
+    let before = cluster.converged().await;
+
+    let mut peer = PeerClient::connect(cluster.peer_url(leader)).await.expect("connecting to the peer URL");
+    let foreign = peer
+        .propose_many(PeerRequest { version: 1, cluster_id: cluster_id ^ 1, payload: vec![0] })
+        .await
+        .expect_err("a batch from another cluster");
+    assert_eq!(foreign.code(), tonic::Code::FailedPrecondition, "{foreign:?}");
+    assert!(foreign.message().contains("cluster ID mismatch"), "{foreign:?}");
+
+    let malformed = peer
+        .propose_many(PeerRequest { version: 1, cluster_id, payload: vec![0xff; 7] })
+        .await
+        .expect_err("an undecodable batch");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+    assert!(malformed.message().contains("malformed peer request"), "{malformed:?}");
+
+    assert_eq!(cluster.converged().await, before, "nothing was proposed");
 }

@@ -169,6 +169,44 @@ impl Peers {
         self.unary(url, timeout, command, |mut c, r| async move { c.propose(r).await }).await
     }
 
+    /// Proposes several commands through `leader` in one call; one result per command, in order.
+    /// A leader from before `ProposeMany` existed answers Unimplemented having proposed nothing,
+    /// so the commands then go one unary `Propose` each.
+    pub async fn propose_many(
+        &self,
+        leader: &MemberNode,
+        commands: &[Command],
+        timeout: Duration,
+    ) -> Result<Vec<CommandResult>, ForwardError> {
+        let url = first_url(leader)?;
+        let client = self.client(url)?;
+        let payload = encode(&commands).map_err(|e| ForwardError::NotSent(e.to_string()))?;
+        let request = self.request(payload);
+        let answers: Vec<CommandResult> =
+            match tokio::time::timeout(timeout, async move { client.clone().propose_many(request).await }).await {
+                Err(_) => return Err(ForwardError::Uncertain(format!("no answer from {url} within {timeout:?}"))),
+                Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                    let each = commands.iter().map(|command| self.propose(leader, command, timeout));
+                    return futures::future::join_all(each).await.into_iter().collect();
+                }
+                Ok(Err(status)) if never_sent(&status) => {
+                    return Err(ForwardError::NotSent(format!("{url}: {}", status.message())));
+                }
+                Ok(Err(status)) => return Err(ForwardError::Uncertain(format!("{url}: {}", status.message()))),
+                Ok(Ok(resp)) => {
+                    decode(&resp.into_inner().payload).map_err(|e| ForwardError::Uncertain(e.to_string()))?
+                }
+            };
+        if answers.len() != commands.len() {
+            return Err(ForwardError::Uncertain(format!(
+                "{url} answered {} of {} proposals",
+                answers.len(),
+                commands.len()
+            )));
+        }
+        Ok(answers)
+    }
+
     /// Asks `leader` for a read index (after it confirmed its leadership with a quorum).
     pub async fn read_index(
         &self,

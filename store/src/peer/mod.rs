@@ -26,6 +26,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest peer message accepted: a batch of append entries may carry many large entries.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 << 20;
+/// Most commands one `ProposeMany` call may carry.
+pub const MAX_PROPOSALS_PER_CALL: usize = 4096;
 
 /// A lease operation only the leader can answer (remaining TTLs are leader-local).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

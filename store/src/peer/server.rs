@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{LeaseRequest, MAX_PEER_MESSAGE_BYTES, MembershipChange, PROTOCOL_VERSION};
+use super::{LeaseRequest, MAX_PEER_MESSAGE_BYTES, MAX_PROPOSALS_PER_CALL, MembershipChange, PROTOCOL_VERSION};
 use crate::raft::{Command, SnapshotFile, SnapshotMeta, TypeConfig, Vote, decode, encode};
 use crate::server::Member;
 
@@ -164,6 +164,17 @@ impl Peer for PeerService {
     async fn propose(&self, request: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {
         let command: Command = self.open(request)?;
         reply(&self.member.propose_local(command).await)
+    }
+
+    async fn propose_many(&self, request: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {
+        let commands: Vec<Command> = self.open(request)?;
+        if commands.len() > MAX_PROPOSALS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} proposals in one call; at most {MAX_PROPOSALS_PER_CALL} are accepted",
+                commands.len()
+            )));
+        }
+        reply(&self.member.propose_local_many(commands).await)
     }
 
     async fn read_index(&self, request: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {

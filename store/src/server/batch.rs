@@ -8,6 +8,11 @@
 //!   (two members that each believe the other leads cannot wait on each other).
 //! - Keep-alives on a follower: every keep-alive queued goes to the leader in one peer request
 //!   instead of one request each.
+//! - Proposals on a follower: every proposal queued goes to the leader in one `ProposeMany` call
+//!   (split so no call exceeds the peer message bound), which the leader hands to Raft as one
+//!   batch. Unlike the others these rounds overlap: up to `PROPOSAL_ROUNDS_IN_FLIGHT` at once, so
+//!   a slow commit does not hold back proposals that arrive meanwhile; order between concurrent
+//!   clients' writes is not promised by etcd either.
 //!
 //! Invariant (why a late request must not join a round in flight): a read-index round's index is
 //! the leader's commit index when the round began, and a write acknowledged before a read arrived
@@ -16,26 +21,32 @@
 //!
 //! Bounds: at most `QUEUE` requests queue per batcher (callers wait for room), a round takes at
 //! most `ROUND_LIMIT` of them, and every round ends within the request timeout. Each batcher's
-//! task ends when the member is dropped (the queue's only sender lives in the member).
+//! task ends when the member is dropped (the queue's only sender lives in the member); a
+//! proposal round already spawned holds the member until it ends.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Weak;
 
+use std::sync::Arc;
+
 use openraft::ReadPolicy;
 use openraft::errors::{LinearizableReadError, RaftError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Member;
 use crate::error::StoreError;
-use crate::peer::{ForwardError, LeaseReply, LeaseRequest};
-use crate::raft::LogId;
+use crate::peer::{ForwardError, LeaseReply, LeaseRequest, MAX_PEER_MESSAGE_BYTES, MAX_PROPOSALS_PER_CALL};
+use crate::raft::{Command, CommandResult, LogId};
 
 /// Requests that may queue for the next round before callers wait for room.
 const QUEUE: usize = 4096;
 /// Requests one round serves; the rest are served by the next round (for a read index, a later
 /// round only makes the answer fresher).
 const ROUND_LIMIT: usize = 4096;
+
+/// Proposal rounds a follower has in flight to the leader at once.
+pub(super) const PROPOSAL_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// A queued request and where its answer goes.
 type Queued<I, O> = (I, oneshot::Sender<O>);
@@ -88,6 +99,37 @@ pub(super) async fn run<I, O>(
     }
 }
 
+/// Like [`run`], but up to `in_flight` rounds run at once, each on its own task; a new round
+/// begins as soon as a slot is free and something is queued.
+pub(super) async fn run_overlapping<I: Send + 'static, O: Send + 'static>(
+    member: Weak<Member>,
+    mut waiting: mpsc::Receiver<Queued<I, O>>,
+    metric: &'static str,
+    round: Round<I, O>,
+    in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        // The semaphore is never closed, so acquiring fails only if that changes.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        if waiting.recv_many(&mut batch, ROUND_LIMIT).await == 0 {
+            return;
+        }
+        let Some(member) = member.upgrade() else { return };
+        metrics::histogram!(metric).record(batch.len() as f64);
+        let (inputs, outputs): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.drain(..).unzip();
+        tokio::spawn(async move {
+            let answers = round(&member, inputs).await;
+            drop(member);
+            drop(slot);
+            for (output, answer) in outputs.into_iter().zip(answers) {
+                let _ = output.send(answer);
+            }
+        });
+    }
+}
+
 /// A read-index batcher: no input, one shared answer.
 pub(super) type ReadIndexBatcher = Batcher<(), Result<LogId, StoreError>>;
 /// The keep-alive batcher: a lease id in, its renewed TTL out.
@@ -108,6 +150,37 @@ pub(super) fn forwarded_read_index_round(member: &Member, waiters: Vec<()>) -> A
     Box::pin(async move {
         let answer = member.forwarded_read_index().await;
         vec![answer; waiters.len()]
+    })
+}
+
+/// The follower's proposal batcher: a command in, the leader's answer (or why there is none) out.
+pub(super) type ProposalBatcher = Batcher<Command, Result<CommandResult, ForwardError>>;
+
+/// The forwarded proposal round: every queued command goes to the leader known now, in as few
+/// `ProposeMany` calls as the peer message bound allows (a command is at most about a client
+/// request, bounded by `--max-request-bytes`), sent concurrently. No leader known elsewhere
+/// (this member may lead now) answers `NotSent`, so callers try here.
+pub(super) fn forwarded_proposal_round(
+    member: &Member,
+    commands: Vec<Command>,
+) -> Answers<'_, Result<CommandResult, ForwardError>> {
+    Box::pin(async move {
+        let Some((_, leader)) = member.remote_leader() else {
+            let why = ForwardError::NotSent("no other member is known to lead".to_string());
+            return vec![Err(why); commands.len()];
+        };
+        let per_call =
+            (MAX_PEER_MESSAGE_BYTES / 2 / member.config.max_request_bytes.max(1)).clamp(1, MAX_PROPOSALS_PER_CALL);
+        let calls = commands.chunks(per_call).map(|chunk| {
+            let leader = &leader;
+            async move {
+                match member.peers.propose_many(leader, chunk, member.request_timeout).await {
+                    Ok(answers) => answers.into_iter().map(Ok).collect(),
+                    Err(why) => vec![Err(why); chunk.len()],
+                }
+            }
+        });
+        futures::future::join_all(calls).await.into_iter().flatten().collect()
     })
 }
 

@@ -1,7 +1,8 @@
 //! Proposals and read barriers, from any member.
 //!
 //! A follower forwards proposals to the leader over the peer API (what etcd does internally, and
-//! what etcd clients expect: they never follow redirects). Retries stay within the request
+//! what etcd clients expect: they never follow redirects), batched with the other proposals
+//! queued meanwhile (`batch.rs`) into one `ProposeMany` call. Retries stay within the request
 //! timeout and happen only when the request provably was not proposed — no leader yet, the peer
 //! answered "not leader", or the connection never opened — so a write is never applied twice by a
 //! retry. Reads are idempotent and retry on any failure.
@@ -13,6 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -22,7 +24,7 @@ use super::Member;
 use super::batch::ReadIndexBatcher;
 use crate::error::StoreError;
 use crate::peer::ForwardError;
-use crate::raft::{Command, CommandResponse, LogId};
+use crate::raft::{Command, CommandResponse, CommandResult, LogId};
 
 /// First and largest pause between attempts while waiting for a leader.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -83,8 +85,8 @@ impl Member {
             {
                 return result;
             }
-            if let Some((_, leader)) = remote.or_else(|| self.remote_leader()) {
-                match self.peers.propose(&leader, &command, retry.remaining()).await {
+            if remote.is_some() || self.remote_leader().is_some() {
+                match self.forward_to_leader(command.clone(), retry.remaining()).await {
                     Ok(Ok(response)) => return Ok(response),
                     // The peer did not propose: it is not (or no longer) the leader. This member
                     // may be, before its metrics say so.
@@ -104,6 +106,48 @@ impl Member {
                 return Err(if self.leader_id().is_none() { StoreError::NoLeader } else { StoreError::Timeout });
             }
         }
+    }
+
+    /// Sends `command` to the leader in the next forwarded proposal round (`batch.rs`), shared
+    /// with every proposal queued meanwhile.
+    async fn forward_to_leader(&self, command: Command, timeout: Duration) -> Result<CommandResult, ForwardError> {
+        match tokio::time::timeout(timeout, self.forwarded_proposals.call(command)).await {
+            Err(_) => Err(ForwardError::Uncertain(format!("no answer from the leader within {timeout:?}"))),
+            // The round task is gone (the member is stopping); the command may have been sent.
+            Ok(Err(err)) => Err(ForwardError::Uncertain(err.to_string())),
+            Ok(Ok(answer)) => answer,
+        }
+    }
+
+    /// The leader's side of a follower's `ProposeMany`: the commands go to Raft as one batch, and
+    /// each gets its own answer, in order; `NotLeader` for every command when this member does
+    /// not lead (none of them was proposed). Commands still unanswered when the request timeout
+    /// passes get `Timeout` (they may yet be applied).
+    pub async fn propose_local_many(&self, commands: Vec<Command>) -> Vec<CommandResult> {
+        let count = commands.len();
+        let deadline = Instant::now() + self.request_timeout;
+        let mut answers = Vec::with_capacity(count);
+        match tokio::time::timeout_at(deadline, self.raft.client_write_many(commands)).await {
+            Err(_) => {}
+            Ok(Err(fatal)) => {
+                tracing::error!(%fatal, "raft stopped");
+                return vec![Err(StoreError::Stopped); count];
+            }
+            Ok(Ok(mut results)) => {
+                while answers.len() < count {
+                    let Ok(next) = tokio::time::timeout_at(deadline, results.next()).await else { break };
+                    answers.push(match next {
+                        None | Some(Err(_)) => Err(StoreError::Stopped),
+                        Some(Ok(Ok(written))) => written.response,
+                        Some(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
+                        Some(Ok(Err(ClientWriteError::LogEntryDiscarded(_)))) => Err(StoreError::LeaderChanged),
+                        Some(Ok(Err(other))) => Err(StoreError::Internal(other.to_string())),
+                    });
+                }
+            }
+        }
+        answers.resize(count, Err(StoreError::Timeout));
+        answers
     }
 
     /// Proposes on this member only; `NotLeader` when it does not lead. Used for requests forwarded

@@ -145,6 +145,8 @@ pub struct Member {
     forwarded_reads: batch::ReadIndexBatcher,
     /// Queue for a follower's next batch of forwarded keep-alives (`batch::run` task).
     keep_alives: batch::KeepAliveBatcher,
+    /// Queue for a follower's next batch of proposals to the leader (`batch::run_overlapping`).
+    forwarded_proposals: batch::ProposalBatcher,
     _syncer: SyncerHandle,
 }
 
@@ -243,6 +245,7 @@ impl Member {
         let (leader_reads, leader_read_waiters) = batch::ReadIndexBatcher::new();
         let (forwarded_reads, forwarded_read_waiters) = batch::ReadIndexBatcher::new();
         let (keep_alives, keep_alive_waiters) = batch::KeepAliveBatcher::new();
+        let (forwarded_proposals, proposal_waiters) = batch::ProposalBatcher::new();
         let member = Arc::new(Self {
             config,
             member_id,
@@ -259,6 +262,7 @@ impl Member {
             leader_reads,
             forwarded_reads,
             keep_alives,
+            forwarded_proposals,
             _syncer: syncer,
         });
         let weak = Arc::downgrade(&member);
@@ -284,6 +288,13 @@ impl Member {
                 keep_alive_waiters,
                 "keel_forwarded_keep_alive_batch",
                 batch::keep_alive_round,
+            )),
+            tokio::spawn(batch::run_overlapping(
+                weak.clone(),
+                proposal_waiters,
+                "keel_forwarded_proposal_batch",
+                batch::forwarded_proposal_round,
+                batch::PROPOSAL_ROUNDS_IN_FLIGHT,
             )),
         ];
         if let Some(policy) = auto_compaction {
