@@ -273,37 +273,43 @@ fn rocksdb_data_survives_reopen() {
     assert_eq!(backend.get(Cf::RaftLog, b"1").unwrap(), Some(b"entry".to_vec()));
 }
 
-#[test]
-fn rocksdb_defragment_reclaims_the_space_of_deleted_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
-    const KEYS: u64 = 4_000;
-    for chunk in 0..KEYS / 500 {
+/// Keys written by [`fill_then_delete_nine_in_ten`], 2 KiB each.
+const RECLAIM_KEYS: u64 = 4_000;
+
+/// Writes `RECLAIM_KEYS` incompressible values to `Revs`, moves them into table files (as a long
+/// life would, so later deletes shadow data on disk rather than in the memtable), then deletes
+/// nine keys in ten. Returns the size the full data took.
+fn fill_then_delete_nine_in_ten(backend: &RocksBackend) -> u64 {
+    for chunk in 0..RECLAIM_KEYS / 500 {
         let mut batch = WriteBatch::new();
         for i in chunk * 500..(chunk + 1) * 500 {
             batch.put(Cf::Revs, i.to_be_bytes().to_vec(), incompressible(i, 2048));
         }
         backend.write(batch, Durability::Buffered).unwrap();
     }
-    // The first pass moves everything into table files (the memtable is flushed), so the deletes
-    // below shadow data on disk rather than in memory.
     backend.defragment().unwrap();
     let full = backend.size_bytes();
-    assert!(full > KEYS * 2048 * 9 / 10, "the data takes its size on disk: {full} bytes");
-
-    // Delete nine keys in ten: the data stays on disk, shadowed by tombstones, until compacted.
+    assert!(full > RECLAIM_KEYS * 2048 * 9 / 10, "the data takes its size on disk: {full} bytes");
     let mut batch = WriteBatch::new();
-    for i in (0..KEYS).filter(|i| i % 10 != 0) {
+    for i in (0..RECLAIM_KEYS).filter(|i| i % 10 != 0) {
         batch.delete(Cf::Revs, i.to_be_bytes().to_vec());
     }
     backend.write(batch, Durability::Synced).unwrap();
+    full
+}
+
+#[test]
+fn rocksdb_defragment_reclaims_the_space_of_deleted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
+    let full = fill_then_delete_nine_in_ten(&backend);
     let deleted = backend.size_bytes();
     assert!(deleted >= full, "deleting alone reclaims nothing: {deleted} < {full}");
 
     backend.defragment().unwrap();
     let defragmented = backend.size_bytes();
     assert!(defragmented < full / 5, "defragmenting should leave about a tenth of {full} bytes, left {defragmented}");
-    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, KEYS / 10);
+    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, RECLAIM_KEYS / 10);
     assert_eq!(backend.get(Cf::Revs, &10u64.to_be_bytes()).unwrap(), Some(incompressible(10, 2048)));
 }
 
@@ -311,25 +317,7 @@ fn rocksdb_defragment_reclaims_the_space_of_deleted_keys() {
 fn rocksdb_reclaim_deleted_frees_the_space_of_deleted_keys_without_a_defragmentation() {
     let dir = tempfile::tempdir().unwrap();
     let backend = RocksBackend::open(dir.path(), &RocksOptions::default()).unwrap();
-    const KEYS: u64 = 4_000;
-    for chunk in 0..KEYS / 500 {
-        let mut batch = WriteBatch::new();
-        for i in chunk * 500..(chunk + 1) * 500 {
-            batch.put(Cf::Revs, i.to_be_bytes().to_vec(), incompressible(i, 2048));
-        }
-        backend.write(batch, Durability::Buffered).unwrap();
-    }
-    // The data goes to table files first, as it would over a long life, so the deletes below
-    // shadow data on disk rather than in the memtable.
-    backend.defragment().unwrap();
-    let full = backend.size_bytes();
-    assert!(full > KEYS * 2048 * 9 / 10, "the data takes its size on disk: {full} bytes");
-
-    let mut batch = WriteBatch::new();
-    for i in (0..KEYS).filter(|i| i % 10 != 0) {
-        batch.delete(Cf::Revs, i.to_be_bytes().to_vec());
-    }
-    backend.write(batch, Durability::Synced).unwrap();
+    let full = fill_then_delete_nine_in_ten(&backend);
     backend.reclaim_deleted(&[Cf::Revs]).unwrap();
 
     // RocksDB compacts the marked file on its own threads: wait for it, boundedly.
@@ -345,6 +333,6 @@ fn rocksdb_reclaim_deleted_frees_the_space_of_deleted_keys_without_a_defragmenta
         reclaimed < full / 5,
         "about a tenth of {full} bytes should be left without a defragmentation, left {reclaimed}"
     );
-    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, KEYS / 10);
+    assert_eq!(collect_forward(&backend, Cf::Revs).len() as u64, RECLAIM_KEYS / 10);
     assert_eq!(backend.get(Cf::Revs, &10u64.to_be_bytes()).unwrap(), Some(incompressible(10, 2048)));
 }
