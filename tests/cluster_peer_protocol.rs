@@ -2,7 +2,9 @@
 //! cluster's Raft traffic: a request stamped with another cluster id or protocol version, or one
 //! that does not decode, ends the stream with an error naming the reason, and the member's data
 //! and the cluster's progress are untouched. Proposals a follower forwards in batches
-//! (`ProposeMany`) each get their own answer, and a foreign or malformed batch is refused.
+//! (`ProposeMany`) each get their own answer, and a foreign or malformed batch is refused. The
+//! leader's heartbeats, which confirm every linearizable read, travel on one call per follower
+//! kept open between them, and a call that a follower's restart ended is opened again.
 
 mod support;
 
@@ -126,4 +128,41 @@ async fn a_propose_many_from_another_cluster_or_malformed_is_refused() {
     assert!(malformed.message().contains("malformed peer request"), "{malformed:?}");
 
     assert_eq!(cluster.converged().await, before, "nothing was proposed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_on_the_leader_reuse_one_heartbeat_call_per_follower() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut client = cluster.client(leader).await;
+    client.put("k", "v", None).await.unwrap();
+    const CALLS: &str = "keel_peer_append_calls_total";
+    let before: Vec<f64> = followers.iter().map(|&f| cluster.metric(f, CALLS)).collect();
+
+    // Every linearizable read on the leader needs a quorum round: heartbeats to both followers.
+    const READS: usize = 200;
+    for _ in 0..READS {
+        let got = client.get("k", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"v");
+    }
+    for (&f, before) in followers.iter().zip(before) {
+        let opened = cluster.metric(f, CALLS) - before;
+        assert!(
+            opened < (READS / 10) as f64,
+            "member {f} accepted {opened} StreamAppend calls during {READS} linearizable reads on the leader: \
+             heartbeats should share one open call"
+        );
+    }
+
+    // Restarting a follower ends the leader's open call to it; once the other follower is gone,
+    // reads are confirmed only through the restarted one, on a call opened anew.
+    let (restarted, other) = (followers[0], followers[1]);
+    cluster.kill(restarted);
+    cluster.spawn(restarted, "new");
+    cluster.process(restarted).ready().await;
+    cluster.converged().await;
+    cluster.kill(other);
+    let got = client.get("k", None).await.expect("a linearizable read confirmed by the restarted follower");
+    assert_eq!(got.kvs()[0].value(), b"v");
 }

@@ -3,19 +3,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use support::{KeelProcess, READY_BOUND, free_port};
-
-fn scrape(port: u16) -> String {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).expect("read metrics");
-    body
-}
+use support::{KeelProcess, READY_BOUND, free_port, scrape};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_prometheus_text() {

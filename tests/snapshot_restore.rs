@@ -163,6 +163,7 @@ async fn a_cluster_restored_from_one_snapshot_has_the_same_data_leases_auth_and_
         names: (1..=3).map(|i| format!("r{i}")).collect(),
         client_ports: (0..3).map(|_| support::free_port()).collect(),
         peer_ports: (0..3).map(|_| support::free_port()).collect(),
+        metrics_ports: (0..3).map(|_| support::free_port()).collect(),
         processes: (0..3).map(|_| None).collect(),
         extra: Vec::new(),
         pki: None,

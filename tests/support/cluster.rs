@@ -21,6 +21,8 @@ pub struct Cluster {
     pub names: Vec<String>,
     pub client_ports: Vec<u16>,
     pub peer_ports: Vec<u16>,
+    /// Each member serves Prometheus metrics on its own loopback port (`metric`).
+    pub metrics_ports: Vec<u16>,
     pub processes: Vec<Option<KeelProcess>>,
     /// Flags every member starts with (besides identity and timing).
     pub extra: Vec<String>,
@@ -45,6 +47,7 @@ impl Cluster {
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             client_ports: (0..n).map(|_| free_port()).collect(),
             peer_ports: (0..n).map(|_| free_port()).collect(),
+            metrics_ports: (0..n).map(|_| free_port()).collect(),
             processes: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             pki,
@@ -98,7 +101,9 @@ impl Cluster {
     /// Starts member `i` (again) with `--initial-cluster-state state`.
     pub fn spawn(&mut self, i: usize, state: &str) {
         let initial = self.initial_cluster();
-        let mut extra: Vec<&str> = vec!["--initial-cluster", &initial, "--initial-cluster-state", state];
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_ports[i]);
+        let mut extra: Vec<&str> =
+            vec!["--initial-cluster", &initial, "--initial-cluster-state", state, "--listen-metrics-urls", &metrics];
         extra.extend(self.extra.iter().map(String::as_str));
         let flags = self.pki.as_ref().map(|pki| pki.store_flags());
         let tls =
@@ -120,6 +125,7 @@ impl Cluster {
         self.names.push(format!("n{}", self.names.len() + 1));
         self.client_ports.push(free_port());
         self.peer_ports.push(free_port());
+        self.metrics_ports.push(free_port());
         self.processes.push(None);
         self.names.len() - 1
     }
@@ -230,6 +236,15 @@ impl Cluster {
         let all =
             client.get("\0", Some(GetOptions::new().with_from_key().with_serializable())).await.expect("read all");
         all.kvs().iter().map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string())).collect()
+    }
+
+    /// The sum of every series of counter or gauge `name` member `i` exports (0 when it has none).
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        super::scrape(self.metrics_ports[i])
+            .lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn kill(&mut self, i: usize) {

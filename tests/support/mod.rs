@@ -33,6 +33,17 @@ pub fn free_port() -> u16 {
     panic!("no free port in 15000..32000 after 1000 tries");
 }
 
+/// One scrape of the Prometheus endpoint on loopback `port`: the whole HTTP response.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).expect("read metrics");
+    body
+}
+
 /// A `keel store` process.
 pub struct KeelProcess {
     child: Option<Child>,

@@ -8,6 +8,13 @@
 //! Replication uses one `StreamAppend` call per openraft stream session: requests are pipelined
 //! (openraft bounds how many are in flight) and answered in order; the oldest unanswered request
 //! must be answered within openraft's RPC timeout or the stream ends as `Unreachable`.
+//!
+//! Heartbeats (openraft's heartbeat worker, which also confirms leadership for every linearizable
+//! read round) go on one `StreamAppend` call per peer that stays open between heartbeats, one
+//! request and one answer at a time; opening a call per heartbeat cost an HTTP/2 stream, its
+//! headers and a task on the peer each time. Invariant: an answer is matched to the heartbeat
+//! that is waiting for it, because a heartbeat abandoned before its answer arrived (a timeout drops
+//! the future) takes the open call down with it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -271,13 +278,68 @@ pub struct PeerConnection {
     peers: Arc<Peers>,
     target: u64,
     node: MemberNode,
+    /// Whether this is a heartbeat connection, whose appends go on a call kept open.
+    heartbeats: bool,
+    /// The heartbeat call kept open, when the last heartbeat was answered on it. Taken out while a
+    /// heartbeat is in flight and put back only once its answer arrived (module invariant).
+    open_call: Option<OpenAppendCall>,
+}
+
+/// A `StreamAppend` call kept open for heartbeats: requests go in through `requests`, answers come
+/// back in order on `answers`. Dropping it ends the request side, so the peer ends the call.
+struct OpenAppendCall {
+    requests: tokio::sync::mpsc::Sender<PeerRequest>,
+    answers: Streaming<PeerResponse>,
+}
+
+impl std::fmt::Debug for OpenAppendCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAppendCall").finish_non_exhaustive()
+    }
+}
+
+/// How one heartbeat exchange on an open call ended.
+enum Exchange {
+    /// The peer answered; the call may carry the next heartbeat.
+    Answered(StreamAppendResult<TypeConfig>),
+    /// The call had already ended (the peer restarted or closed it): nothing was answered, and a
+    /// heartbeat is harmless to resend on a new call.
+    Ended(String),
+    /// No usable answer (timeout, refusal, undecodable answer): reported to openraft.
+    Failed(String),
+}
+
+impl OpenAppendCall {
+    /// Sends one request and waits, at most `ttl`, for its answer.
+    async fn exchange(&mut self, request: PeerRequest, ttl: Duration) -> Exchange {
+        if self.requests.send(request).await.is_err() {
+            return Exchange::Ended("the append call has ended".into());
+        }
+        match tokio::time::timeout(ttl, self.answers.next()).await {
+            Err(_) => Exchange::Failed(format!("no heartbeat answer within {ttl:?}")),
+            Ok(None) => Exchange::Ended("the peer ended the append call".into()),
+            Ok(Some(Err(status))) => Exchange::Ended(status.message().to_string()),
+            Ok(Some(Ok(response))) => {
+                match decode::<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>(&response.payload) {
+                    Err(err) => Exchange::Failed(format!("undecodable append answer: {err}")),
+                    // The peer's Raft has stopped: back off as for an unreachable peer.
+                    Ok(Err(fatal)) => Exchange::Failed(fatal.to_string()),
+                    Ok(Ok(result)) => Exchange::Answered(result),
+                }
+            }
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, node: node.clone() }
+        PeerConnection { peers: self.peers.clone(), target, node: node.clone(), heartbeats: false, open_call: None }
+    }
+
+    async fn new_heartbeat_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
+        PeerConnection { peers: self.peers.clone(), target, node: node.clone(), heartbeats: true, open_call: None }
     }
 }
 
@@ -307,6 +369,61 @@ impl PeerConnection {
             .map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
         // A remote Raft error means the peer's Raft has stopped: back off as for an unreachable peer.
         result.map_err(|e| RPCError::Unreachable(self.unreachable(e)))
+    }
+
+    /// Opens a `StreamAppend` call to keep open for heartbeats.
+    async fn open_append_call(&self, ttl: Duration) -> Result<OpenAppendCall, String> {
+        let url = first_url(&self.node).map_err(|e| e.to_string())?;
+        let mut client = self.peers.client(url).map_err(|e| e.to_string())?;
+        // One request at a time is ever in flight on this call.
+        let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+        let call = client.stream_append(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        match tokio::time::timeout(ttl, call).await {
+            Err(_) => Err(format!("no answer within {ttl:?}")),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Ok(Ok(response)) => Ok(OpenAppendCall { requests, answers: response.into_inner() }),
+        }
+    }
+
+    /// One heartbeat on the call kept open, or on a new call when there is none or it had ended.
+    async fn heartbeat(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(rpc).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
+        let request = PeerRequest {
+            version: PROTOCOL_VERSION,
+            cluster_id: self.peers.cluster_id.load(Ordering::Relaxed),
+            payload,
+        };
+        let exchange = match self.open_call.take() {
+            Some(mut call) => match call.exchange(request.clone(), ttl).await {
+                Exchange::Answered(result) => Some((call, Exchange::Answered(result))),
+                Exchange::Ended(_) => None,
+                failed => Some((call, failed)),
+            },
+            None => None,
+        };
+        let (call, exchange) = match exchange {
+            Some(done) => done,
+            None => {
+                let mut call =
+                    self.open_append_call(ttl).await.map_err(|why| RPCError::Unreachable(self.unreachable(why)))?;
+                let exchange = call.exchange(request, ttl).await;
+                (call, exchange)
+            }
+        };
+        match exchange {
+            Exchange::Answered(result) => {
+                // A refusal is the peer's last answer on the call (it ends the stream).
+                if result.is_ok() {
+                    self.open_call = Some(call);
+                }
+                Ok(result)
+            }
+            Exchange::Ended(why) | Exchange::Failed(why) => Err(RPCError::Unreachable(self.unreachable(why))),
+        }
     }
 }
 
@@ -376,6 +493,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     /// Pipelined replication over one `StreamAppend` call: each request is sent as openraft
     /// produces it, without waiting for the answers to those before it (the peer answers in
     /// order). The stream ends at the first error; openraft then backs off and opens another.
+    /// A heartbeat connection instead sends on the call it keeps open (module docs).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -387,6 +505,23 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
+        if self.heartbeats {
+            // The heartbeat worker sends one request per call; any further ones go one at a time.
+            return Box::pin(async move {
+                let ttl = option.hard_ttl();
+                let mut input = input;
+                let mut answers = Vec::new();
+                while let Some(rpc) = input.next().await {
+                    let answer = self.heartbeat(&rpc, ttl).await;
+                    let more = matches!(answer, Ok(Ok(_)));
+                    answers.push(answer);
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(Box::pin(futures::stream::iter(answers)) as BoxStream<'s, _>)
+            });
+        }
         Box::pin(async move {
             let url = first_url(&self.node).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?.to_string();
             let mut client = self.peers.client(&url).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;

@@ -79,6 +79,9 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<PeerRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Each call is a replication session or a leader's heartbeat channel, both long-lived; a
+        // fast-rising count means streams are being torn down and opened again.
+        metrics::counter!("keel_peer_append_calls_total").increment(1);
         let incoming = request.into_inner();
         // Written once by the input side when it refuses a request, read once by the output side
         // after the last answer; never held across an await.
