@@ -172,6 +172,26 @@ impl Cluster {
         Ok(total / self.data_dirs.len().max(1) as u64)
     }
 
+    /// The endpoints with the leader's first. A one-connection line talks to the first endpoint
+    /// only, so both stores' single clients talk to their leader, and which member won the
+    /// election does not decide the ratio; many connections still spread over every member.
+    async fn leader_first(&self) -> Result<Vec<String>> {
+        let mut endpoints = self.endpoints.clone();
+        for (n, url) in self.endpoints.iter().enumerate() {
+            let channel = keel_store::tls::lazy_channel(url, None, None, |e| e)?;
+            let status = MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .with_context(|| format!("status of {url}"))?
+                .into_inner();
+            if status.header.is_some_and(|header| header.member_id == status.leader) {
+                endpoints.rotate_left(n);
+                break;
+            }
+        }
+        Ok(endpoints)
+    }
+
     /// Compacts at the current revision, waiting until the history is physically removed.
     async fn compact_all(&self) -> Result<i64> {
         let mut kv = KvClient::new(keel_store::tls::lazy_channel(&self.endpoints[0], None, None, |e| e)?);
@@ -216,8 +236,10 @@ impl Pair {
         for (n, (label, line)) in lines.iter().enumerate() {
             let (first, second) = if n % 2 == 0 { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
             eprintln!("-- {label}");
-            let a = run_line_within(bound, line, &first.endpoints).await.with_context(|| label.to_string())?;
-            let b = run_line_within(bound, line, &second.endpoints).await.with_context(|| label.to_string())?;
+            let a =
+                run_line_within(bound, line, &first.leader_first().await?).await.with_context(|| label.to_string())?;
+            let b =
+                run_line_within(bound, line, &second.leader_first().await?).await.with_context(|| label.to_string())?;
             let (etcd_report, keel_report) = if n % 2 == 0 { (a, b) } else { (b, a) };
             let row = row(label, size, &etcd_report, &keel_report);
             eprintln!("{row}");
