@@ -392,31 +392,28 @@ impl PeerConnection {
         ttl: Duration,
     ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(rpc).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
-        let request = PeerRequest {
-            version: PROTOCOL_VERSION,
-            cluster_id: self.peers.cluster_id.load(Ordering::Relaxed),
-            payload,
-        };
-        let exchange = match self.open_call.take() {
-            Some(mut call) => match call.exchange(request.clone(), ttl).await {
-                Exchange::Answered(result) => Some((call, Exchange::Answered(result))),
-                Exchange::Ended(_) => None,
-                failed => Some((call, failed)),
-            },
-            None => None,
-        };
-        let (call, exchange) = match exchange {
-            Some(done) => done,
-            None => {
-                let mut call =
-                    self.open_append_call(ttl).await.map_err(|why| RPCError::Unreachable(self.unreachable(why)))?;
-                let exchange = call.exchange(request, ttl).await;
-                (call, exchange)
+        let request = self.peers.request(payload);
+        if let Some(mut call) = self.open_call.take() {
+            match call.exchange(request.clone(), ttl).await {
+                // Nothing was answered: resend on a new call below.
+                Exchange::Ended(_) => {}
+                exchange => return self.settle(call, exchange),
             }
-        };
+        }
+        let mut call = self.open_append_call(ttl).await.map_err(|why| RPCError::Unreachable(self.unreachable(why)))?;
+        let exchange = call.exchange(request, ttl).await;
+        self.settle(call, exchange)
+    }
+
+    /// A heartbeat's outcome; keeps `call` open for the next one only after an accepted answer (a
+    /// refusal is the peer's last answer on a call: it ends the stream).
+    fn settle(
+        &mut self,
+        call: OpenAppendCall,
+        exchange: Exchange,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
         match exchange {
             Exchange::Answered(result) => {
-                // A refusal is the peer's last answer on the call (it ends the stream).
                 if result.is_ok() {
                     self.open_call = Some(call);
                 }
