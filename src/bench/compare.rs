@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, StatusRequest};
+use keel_proto::etcdserverpb::{CompactionRequest, DefragmentRequest, StatusRequest, StatusResponse};
 
 use super::Bench;
 use super::load::Report;
@@ -178,12 +178,7 @@ impl Cluster {
     async fn leader_first(&self) -> Result<Vec<String>> {
         let mut endpoints = self.endpoints.clone();
         for (n, url) in self.endpoints.iter().enumerate() {
-            let channel = keel_store::tls::lazy_channel(url, None, None, |e| e)?;
-            let status = MaintenanceClient::new(channel)
-                .status(StatusRequest {})
-                .await
-                .with_context(|| format!("status of {url}"))?
-                .into_inner();
+            let status = member_status(url, Duration::from_secs(10)).await?;
             if status.header.is_some_and(|header| header.member_id == status.leader) {
                 endpoints.rotate_left(n);
                 break;
@@ -326,13 +321,7 @@ async fn wait_for_leader(endpoints: &[String]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for url in endpoints {
         loop {
-            let channel = keel_store::tls::lazy_channel(url, None, None, |e| e)?;
-            let status =
-                tokio::time::timeout(Duration::from_secs(1), MaintenanceClient::new(channel).status(StatusRequest {}))
-                    .await;
-            if let Ok(Ok(status)) = status
-                && status.get_ref().leader != 0
-            {
+            if member_status(url, Duration::from_secs(1)).await.is_ok_and(|status| status.leader != 0) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -342,6 +331,16 @@ async fn wait_for_leader(endpoints: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Status of the member at `url`, or an error naming it when it does not answer within `bound`.
+async fn member_status(url: &str, bound: Duration) -> Result<StatusResponse> {
+    let channel = keel_store::tls::lazy_channel(url, None, None, |e| e)?;
+    let status = tokio::time::timeout(bound, MaintenanceClient::new(channel).status(StatusRequest {}))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} gave no status within {bound:?}"))?
+        .with_context(|| format!("status of {url}"))?;
+    Ok(status.into_inner())
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
