@@ -176,9 +176,7 @@ pub async fn serve(
     let kv = pb::kv_server::KvServer::new(kv::KvService::new(api.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    let watch = pb::watch_server::WatchServer::new(watch::WatchService::new(api.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(usize::MAX);
+    let watch = watch::WatchServer::new(watch::WatchService::new(api.clone()), limit);
     let lease = pb::lease_server::LeaseServer::new(lease::LeaseService::new(api.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);

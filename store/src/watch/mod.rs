@@ -30,7 +30,7 @@ mod syncer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -88,6 +88,55 @@ pub struct WatchSpec {
     pub fragment: bool,
 }
 
+/// Events for watchers, shared by every watcher that receives exactly these events: `publish` builds
+/// one batch per revision for all the watchers that want every event of it (one for those that asked
+/// for previous values, one for those that did not), so a revision reaching a thousand watchers is
+/// copied once, not a thousand times.
+///
+/// Invariant: the events never change once the batch is built, so the API layer may encode them once
+/// and reuse the encoding for every watcher ([`EventBatch::wire_form`]).
+#[derive(Debug)]
+pub struct EventBatch {
+    events: Vec<Event>,
+    /// The API layer's encoding of `events`, made by the first stream that sends the batch. Opaque to
+    /// the hub.
+    wire: OnceLock<Vec<u8>>,
+}
+
+impl EventBatch {
+    /// A batch of `events`.
+    pub fn new(events: Vec<Event>) -> Arc<Self> {
+        Arc::new(Self { events, wire: OnceLock::new() })
+    }
+
+    /// The events, in revision order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The events' encoding: made by `encode` the first time it is asked for, then shared by every
+    /// caller (concurrent first callers wait for one encoding).
+    pub fn wire_form(&self, encode: impl FnOnce(&[Event]) -> Vec<u8>) -> &[u8] {
+        self.wire.get_or_init(|| encode(&self.events))
+    }
+}
+
+impl std::ops::Deref for EventBatch {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl PartialEq for EventBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
+    }
+}
+
+impl Eq for EventBatch {}
+
 /// A message for one stream, in delivery order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchMessage {
@@ -111,8 +160,8 @@ pub enum WatchMessage {
         watch_id: i64,
         /// A revision at or above every event's.
         revision: i64,
-        /// The events, whole revisions only.
-        events: Vec<Event>,
+        /// The events, whole revisions only; shared with other watchers receiving the same ones.
+        events: Arc<EventBatch>,
         /// The watcher accepts fragmented responses.
         fragment: bool,
     },
@@ -470,17 +519,26 @@ impl WatchHub {
         let State { streams, watchers, .. } = &mut *state;
         tracing::trace!(revision, events = events.len(), watchers = watchers.len(), "publishing");
         let mut fell_behind = false;
+        // The batches of every event, without and with previous values, built for the first watcher
+        // that wants each and shared by the rest.
+        let mut whole: [Option<Arc<EventBatch>>; 2] = [None, None];
         for ((stream, id), w) in watchers.iter_mut() {
             if w.sync != Sync::Synced {
                 continue;
             }
-            let matched: Vec<Event> = events.iter().filter(|e| w.wants(e)).cloned().collect();
-            if matched.is_empty() {
-                continue;
-            }
             let Some(s) = streams.get(stream) else { continue };
-            let matched = self.with_prev_values(matched, w.prev_kv);
-            let msg = WatchMessage::Events { watch_id: *id, revision, events: matched, fragment: w.fragment };
+            let wanted = events.iter().filter(|e| w.wants(e)).count();
+            let batch = if wanted == 0 {
+                continue;
+            } else if wanted == events.len() {
+                whole[usize::from(w.prev_kv)]
+                    .get_or_insert_with(|| EventBatch::new(self.with_prev_values(events.to_vec(), w.prev_kv)))
+                    .clone()
+            } else {
+                let matched = events.iter().filter(|e| w.wants(e)).cloned().collect();
+                EventBatch::new(self.with_prev_values(matched, w.prev_kv))
+            };
+            let msg = WatchMessage::Events { watch_id: *id, revision, events: batch, fragment: w.fragment };
             match s.tx.try_send(msg) {
                 Ok(()) => w.sent_since_tick = true,
                 Err(mpsc::error::TrySendError::Full(_)) => {

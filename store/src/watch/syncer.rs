@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{State, StreamId, Sync, WatchHub, WatchMessage};
+use super::{EventBatch, State, StreamId, Sync, WatchHub, WatchMessage};
 use crate::mvcc::MvccError;
 
 /// How often the syncer looks for work even when nobody woke it (retries after full channels).
@@ -107,7 +107,8 @@ impl WatchHub {
         }
         let Some(s) = streams.get(&job.stream) else { return false };
         if !matched.is_empty() {
-            let msg = WatchMessage::Events { watch_id: job.watch_id, revision: read_up_to, events: matched, fragment };
+            let events = EventBatch::new(matched);
+            let msg = WatchMessage::Events { watch_id: job.watch_id, revision: read_up_to, events, fragment };
             if s.tx.try_send(msg).is_err() {
                 // Full (retry next round) or closed (the stream is being removed).
                 return false;

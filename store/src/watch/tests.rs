@@ -70,7 +70,7 @@ async fn a_watcher_that_falls_behind_catches_up_without_gaps_or_duplicates() {
     while got_a.len() < expected_a.len() || got_b.len() < expected_b.len() {
         match next(&mut rx).await {
             WatchMessage::Events { watch_id, revision, events, .. } => {
-                for event in events {
+                for event in events.iter() {
                     assert!(event.kv.mod_revision <= revision, "header revision covers its events");
                     let prev = event.prev_kv.as_ref().map(|p| p.mod_revision);
                     if event.kv.version > 1 {
@@ -132,4 +132,50 @@ async fn creation_and_cancellation_bracket_a_watchers_events() {
     assert_eq!(err, Err(super::WatchError::EmptyRange));
     f.hub.close_stream(stream);
     assert_eq!(f.hub.watcher_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_receiving_the_same_events_share_one_batch() {
+    let f = Fixture::new(8);
+    let _syncer = f.hub.start_syncer();
+    let (one, mut rx_one) = f.hub.open_stream();
+    let (two, mut rx_two) = f.hub.open_stream();
+    let plain = || WatchSpec { key: b"k".to_vec(), ..WatchSpec::default() };
+    let range = WatchSpec { key: b"a".to_vec(), range_end: b"z".to_vec(), ..WatchSpec::default() };
+    let with_prev = WatchSpec { key: b"k".to_vec(), prev_kv: true, ..WatchSpec::default() };
+    let ids_one = [f.hub.create(one, plain()).await.unwrap(), f.hub.create(one, range).await.unwrap()];
+    let ids_two = [f.hub.create(two, plain()).await.unwrap(), f.hub.create(two, with_prev).await.unwrap()];
+
+    // Each watcher sees the first put (through the syncer or directly); after it every watcher is
+    // synced, so the second put reaches all of them through `publish`.
+    let mut batches = Vec::new();
+    for value in ["first", "second"] {
+        let revision = f.put("k", value);
+        batches.clear();
+        for (stream, rx, ids) in [(one, &mut rx_one, ids_one), (two, &mut rx_two, ids_two)] {
+            let mut seen = 0;
+            while seen < ids.len() {
+                match next(rx).await {
+                    WatchMessage::Events { watch_id, events, .. }
+                        if events.last().unwrap().kv.mod_revision == revision =>
+                    {
+                        batches.push(((stream, watch_id), events));
+                        seen += 1;
+                    }
+                    WatchMessage::Created { .. } | WatchMessage::Events { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+    let prev_id = (two, ids_two[1]);
+    let (with_prev, without): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(id, _)| *id == prev_id);
+    assert_eq!(without.len(), 3);
+    for (_, batch) in &without {
+        assert!(Arc::ptr_eq(batch, &without[0].1), "watchers wanting the same events share one batch");
+        assert!(batch[0].prev_kv.is_none(), "no previous value for watchers that did not ask");
+    }
+    let prev = &with_prev[0].1;
+    assert!(!Arc::ptr_eq(prev, &without[0].1));
+    assert_eq!(prev[0].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"first"[..]));
 }
