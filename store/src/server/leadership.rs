@@ -9,18 +9,25 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use openraft::ServerState;
 use openraft::type_config::async_runtime::WatchReceiver;
 
 use super::Member;
 use crate::raft::Command;
 
 pub(super) async fn track(member: Weak<Member>) {
-    let Some(mut metrics) = member.upgrade().map(|m| m.raft.metrics()) else { return };
+    // The server metrics change only with the vote, the server state, the leader or the membership;
+    // the full metrics change with every commit, and following them would wake this task (and copy
+    // the metrics) once per write.
+    let Some(mut metrics) = member.upgrade().map(|m| m.raft.server_metrics()) else { return };
     let mut leading = false;
     let mut was_member = false;
     loop {
         let Some(m) = member.upgrade() else { return };
-        let is_leader = m.is_leader();
+        let snapshot = metrics.borrow_watched().clone();
+        // Judged from the server metrics themselves: openraft sends the full metrics after them, so
+        // `Member::is_leader` may not show the change that woke this task yet.
+        let is_leader = snapshot.state == ServerState::Leader && snapshot.current_leader == Some(m.member_id);
         if is_leader && !leading {
             m.core.lessor().promote();
             tracing::info!(term = m.raft_term(), "became leader");
@@ -30,7 +37,6 @@ pub(super) async fn track(member: Weak<Member>) {
         }
         leading = is_leader;
 
-        let snapshot = metrics.borrow_watched().clone();
         let in_membership = snapshot.committed_membership_config.membership().get_node(&m.member_id).is_some();
         if in_membership {
             was_member = true;
