@@ -17,7 +17,22 @@ mod load;
 mod watch;
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// `keel bench`: the benchmark, and the load generator's own settings.
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    /// Worker threads of the load generator's runtime (default: one per CPU, as etcd's
+    /// `benchmark` uses every CPU). A load generator sharing the machine with the servers it
+    /// measures takes CPU they cannot use; fewer threads take less per request (on two vCPUs, one
+    /// thread spent about half the CPU per single-client read that two did) but receive fan-out
+    /// (the watch benchmarks) on fewer cores.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// The benchmark.
+    #[command(subcommand)]
+    pub bench: Bench,
+}
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]

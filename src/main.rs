@@ -35,8 +35,7 @@ enum Command {
     /// Run a member of the etcd-compatible store.
     Store(Box<StoreArgs>),
     /// Measure an etcd v3 endpoint (Keel or etcd) under load.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(bench::BenchCommand),
     /// Create a CA and the server, peer and client certificates it signs.
     #[command(subcommand)]
     Certs(certs::Certs),
@@ -198,14 +197,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("keel")
-        .build()
-        .context("starting the async runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Bench(bench::BenchCommand { threads: Some(threads), .. }) = &cli.command {
+        runtime.worker_threads(usize::from(*threads));
+    }
+    let runtime = runtime.enable_all().thread_name("keel").build().context("starting the async runtime")?;
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(*args)),
-        Command::Bench(bench) => runtime.block_on(bench::run(bench)),
+        Command::Bench(bench) => runtime.block_on(bench::run(bench.bench)),
         Command::Certs(certs) => certs::run(certs),
         Command::Ctl { global, command } => runtime.block_on(ctl::run(global, command)),
         Command::Jepsen(command) => {

@@ -1,7 +1,7 @@
 //! `keel bench` against a real member: every benchmark issues exactly `--total` requests without
 //! an error (the watch benchmarks deliver every put to every watcher) and prints a JSON summary
-//! with its percentiles; settings that cannot work are refused
-//! before anything is sent; the lease benchmark leaves no lease behind.
+//! with its percentiles (also with the load generator on one thread); settings that cannot work
+//! are refused before anything is sent; the lease benchmark leaves no lease behind.
 //!
 //! Nothing here judges speed: benchmarks are measured by running them, not by tests.
 
@@ -36,7 +36,7 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
         ("put", &["put", "--clients", "4", "--conns", "2", "--total", "300", "--key-space-size", "50"]),
         ("put", &["put", "--total", "40", "--rate", "200", "--sequential-keys"]),
         ("range", &["range", "--clients", "4", "--total", "300", "--consistency", "l"]),
-        ("range", &["range", "--clients", "4", "--total", "300", "--consistency", "s"]),
+        ("range", &["range", "--clients", "4", "--total", "300", "--consistency", "s", "--threads", "1"]),
         ("txn-put", &["txn-put", "--clients", "2", "--total", "100", "--txn-ops", "4", "--key-space-size", "16"]),
         ("txn-mixed", &["txn-mixed", "--clients", "2", "--total", "200", "--rw-ratio", "3"]),
         ("lease-keepalive", &["lease-keepalive", "--clients", "4", "--total", "400"]),
@@ -80,6 +80,7 @@ async fn every_benchmark_issues_its_total_and_reports_percentiles() {
         (&["put", "--clients", "0"][..], "--clients must be at least 1"),
         (&["txn-put", "--txn-ops", "4"][..], "--txn-ops 4 needs --key-space-size of at least 4"),
         (&["txn-mixed", "--rw-ratio=-1"][..], "--rw-ratio must be a non-negative number"),
+        (&["put", "--threads", "0"][..], "invalid value '0' for '--threads <THREADS>'"),
     ] {
         let (ok, _, stderr) = bench(&url, args);
         assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
