@@ -7,6 +7,13 @@
 //!   entries durable. The flusher drains every queued callback before one flush (group commit) and
 //!   completes them in order, so a later append is never reported durable before an earlier one.
 //!
+//! Recent entries: the store keeps the entries it appended last in memory ([`RecentEntries`]),
+//! so the reads that follow every append — the state machine applying them, and on a leader each
+//! follower's replication — are answered without a RocksDB iterator and decoding. Invariant: a
+//! cached entry is the entry the log holds at its index. Appends, truncation and purging change
+//! the cache under its lock together with the backend write, and a read is served from the cache
+//! only when every index it asks for is cached; anything else reads the backend.
+//!
 //! The flusher thread holds a clone of the backend, so it is joined when the last clone of the
 //! store is dropped: a process that drops its member and then exits never exits while that thread
 //! is still closing the database (RocksDB aborts the process when its statics are destroyed under
@@ -14,11 +21,12 @@
 //!
 //! Keys: log entries by index (u64 big-endian); in `RaftState`, `vote`, `last_purged` and `committed`.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use openraft::OptionalSend;
@@ -35,12 +43,93 @@ const COMMITTED_KEY: &[u8] = b"committed";
 /// Pending flush callbacks; bounds how far appends may run ahead of the disk.
 const FLUSH_QUEUE: usize = 1024;
 
+/// Most entries, and most encoded bytes, the recent-entries cache holds; the oldest go first.
+const RECENT_ENTRIES: usize = 16_384;
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The entries appended last, contiguous by index, with their encoded sizes (for the byte bound).
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(entry, _)| entry.index())
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(entry, _)| entry.index())
+    }
+
+    /// Adds an entry just written to the log; an entry that does not follow the last cached one
+    /// (the first append after a restart or a snapshot) starts the cache afresh.
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        if self.last_index().is_some_and(|last| last + 1 != entry.index()) {
+            self.clear();
+        }
+        self.bytes += bytes;
+        self.entries.push_back((entry, bytes));
+        while self.entries.len() > RECENT_ENTRIES || (self.bytes > RECENT_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, bytes)) = self.entries.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the cached entries after `index` (the log was truncated there).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while let Some(last) = self.last_index() {
+            if index.is_some_and(|index| last <= index) {
+                break;
+            }
+            if let Some((_, bytes)) = self.entries.pop_back() {
+                self.bytes -= bytes;
+            }
+        }
+    }
+
+    /// Drops the cached entries up to and including `index` (the log was purged there).
+    fn purge_through(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `start..end`, when every one of them is cached.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.last_index()?;
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).ok()?;
+        Some(self.entries.iter().skip(skip).take(take).map(|(entry, _)| entry.clone()).collect())
+    }
+}
+
 /// The Raft log store; cheap to clone (clones share the backend and the flusher).
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn Backend>,
     /// The flusher queue and thread, shared by every clone; the last clone's drop joins the thread.
     flusher: Arc<Flusher>,
+    /// Entries appended last, shared by every clone (the core appends; the state machine worker and
+    /// the replication tasks read). The mutex is held across the backend write of an append,
+    /// truncation or purge, so a reader never sees the cache and the log disagree; it is never
+    /// held across an await, and no other lock is taken under it.
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 /// Sender side of the flusher queue plus the thread's handle. Dropping it closes the queue (the
@@ -83,7 +172,15 @@ impl LogStore {
         let flush_backend = backend.clone();
         let thread =
             std::thread::Builder::new().name("keel-log-flush".into()).spawn(move || flush_loop(flush_backend, rx))?;
-        Ok(Self { backend, flusher: Arc::new(Flusher { queue: Some(tx), thread: Some(thread) }) })
+        Ok(Self {
+            backend,
+            flusher: Arc::new(Flusher { queue: Some(tx), thread: Some(thread) }),
+            recent: Arc::default(),
+        })
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -129,6 +226,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i.saturating_add(1)),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && let Some(entries) = self.recent().get(start, end.max(start))
+        {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         let mut cursor = self.backend.cursor(Cf::RaftLog);
         cursor.seek(&index_key(start));
@@ -195,10 +302,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put(Cf::RaftLog, index_key(entry.index()), encode(&entry)?);
+            let encoded = encode(&entry)?;
+            let bytes = encoded.len();
+            batch.put(Cf::RaftLog, index_key(entry.index()), encoded);
+            appended.push((entry, bytes));
         }
-        self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
+        {
+            let mut recent = self.recent();
+            self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
+            for (entry, bytes) in appended {
+                recent.push(entry, bytes);
+            }
+        }
         let queue = self.flusher.queue.as_ref().ok_or_else(|| io_err("the log flusher has been closed"))?;
         queue.send(callback).map_err(|_| io_err("the log flusher thread has stopped"))
     }
@@ -207,7 +324,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let mut batch = WriteBatch::new();
         batch.delete_range(Cf::RaftLog, index_key(from), [0xffu8; 9]);
-        self.backend.write(batch, Durability::Synced).map_err(io_err)
+        let mut recent = self.recent();
+        self.backend.write(batch, Durability::Synced).map_err(io_err)?;
+        recent.truncate_after(last_log_id.map(|id| id.index()));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -215,6 +335,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point in the same batch, so the log never appears to have a hole.
         batch.put(Cf::RaftState, LAST_PURGED_KEY, encode(&log_id)?);
         batch.delete_range(Cf::RaftLog, index_key(0), index_key(log_id.index() + 1));
-        self.backend.write(batch, Durability::Synced).map_err(io_err)
+        let mut recent = self.recent();
+        self.backend.write(batch, Durability::Synced).map_err(io_err)?;
+        recent.purge_through(log_id.index());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::IOFlushed;
+    use openraft::testing::blank_ent;
+
+    use super::*;
+    use crate::backend::MemBackend;
+
+    /// A small deterministic generator; the seed is printed when a check fails.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % bound.max(1)
+        }
+    }
+
+    async fn read(store: &mut LogStore, start: u64, end: u64) -> Vec<LogId> {
+        store.try_get_log_entries(start..end).await.unwrap().iter().map(|entry| entry.log_id()).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_served_from_recent_entries_match_the_log_after_appends_truncations_and_purges() {
+        for seed in 1..=20u64 {
+            let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+            let mut store = LogStore::new(backend.clone()).unwrap();
+            // A second store over the same backend whose cache is never filled: it reads the log.
+            let mut uncached = LogStore::new(backend).unwrap();
+            let mut rng = Lcg(seed);
+            // The log id written at each index (index 0 is unused).
+            let mut ids: Vec<LogId> = vec![blank_ent::<TypeConfig>(0, 1, 0).log_id()];
+            let (mut purged, mut term) = (0u64, 1u64);
+            for step in 0..400 {
+                let last = ids.len() as u64 - 1;
+                match rng.below(10) {
+                    0 if last > purged => {
+                        purged += 1 + rng.below(last - purged);
+                        store.purge(ids[purged as usize]).await.unwrap();
+                    }
+                    1 if last > purged => {
+                        let keep = purged + rng.below(last - purged);
+                        store.truncate_after((keep > 0).then(|| ids[keep as usize])).await.unwrap();
+                        ids.truncate(keep as usize + 1);
+                        term += 1;
+                    }
+                    _ => {
+                        let count = 1 + rng.below(5);
+                        let entries: Vec<_> =
+                            (last + 1..=last + count).map(|i| blank_ent::<TypeConfig>(term, 1, i)).collect();
+                        ids.extend(entries.iter().map(|entry| entry.log_id()));
+                        store.append(entries, IOFlushed::noop()).await.unwrap();
+                    }
+                }
+                let last = ids.len() as u64 - 1;
+                let start = purged.saturating_sub(2) + rng.below(last + 4 - purged.saturating_sub(2));
+                let end = start + rng.below(8);
+                assert_eq!(
+                    read(&mut store, start, end).await,
+                    read(&mut uncached, start, end).await,
+                    "seed {seed}, step {step}: entries {start}..{end}"
+                );
+            }
+            assert!(store.recent().entries.len() <= RECENT_ENTRIES);
+        }
     }
 }
