@@ -83,6 +83,18 @@ const WATCH_ID_FIELD: u32 = 2;
 const EVENTS_FIELD: u32 = 11;
 
 impl WatchFrame {
+    /// The length of the encoded `WatchResponse`.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Message(message) => message.encoded_len(),
+            Self::Events { header, watch_id, batch } => {
+                header.as_ref().map_or(0, |header| prost::encoding::message::encoded_len(HEADER_FIELD, header))
+                    + if *watch_id == 0 { 0 } else { prost::encoding::int64::encoded_len(WATCH_ID_FIELD, watch_id) }
+                    + batch.wire_form(encode_events).len()
+            }
+        }
+    }
+
     /// Writes the frame as an encoded `WatchResponse`.
     fn encode(&self, buf: &mut impl BufMut) {
         match self {
@@ -318,12 +330,12 @@ fn responses(api: &Api, message: WatchMessage, max_bytes: usize) -> Vec<WatchFra
             pb::WatchResponse { header: api.header(revision), watch_id, ..Default::default() }
         }
         WatchMessage::Events { watch_id, revision, events, fragment } => {
-            let header = api.header(revision);
             // Only a watcher that accepts fragments gets a large batch split; everyone else gets
             // the shared encoding whole.
-            let fits = || events.wire_form(encode_events).len() < max_bytes;
-            if !fragment || events.len() < 2 || fits() {
-                return vec![WatchFrame::Events { header, watch_id, batch: events }];
+            let header = api.header(revision);
+            let frame = WatchFrame::Events { header, watch_id, batch: events.clone() };
+            if !fragment || events.len() < 2 || frame.encoded_len() < max_bytes {
+                return vec![frame];
             }
             let whole = pb::WatchResponse {
                 header,
@@ -414,8 +426,10 @@ mod tests {
                 ..Default::default()
             };
             let mut shared = Vec::new();
-            WatchFrame::Events { header, watch_id, batch: batch.clone() }.encode(&mut shared);
+            let frame = WatchFrame::Events { header, watch_id, batch: batch.clone() };
+            frame.encode(&mut shared);
             assert_eq!(shared, whole.encode_to_vec(), "watch id {watch_id}");
+            assert_eq!(frame.encoded_len(), whole.encoded_len());
             assert_eq!(pb::WatchResponse::decode(shared.as_slice()).unwrap(), whole);
         }
     }
