@@ -10,9 +10,10 @@
 //! Recent entries: the store keeps the entries it appended last in memory ([`RecentEntries`]),
 //! so the reads that follow every append — the state machine applying them, and on a leader each
 //! follower's replication — are answered without a RocksDB iterator and decoding. Invariant: a
-//! cached entry is the entry the log holds at its index. Appends, truncation and purging change
-//! the cache under its lock together with the backend write, and a read is served from the cache
-//! only when every index it asks for is cached; anything else reads the backend.
+//! cached entry is the entry the log holds at its index. Entries enter the cache only after the
+//! backend holds them and leave it before a truncation or purge removes them from the backend (all
+//! three run on openraft's core, one at a time), and a read is served from the cache only when
+//! every index it asks for is cached; anything else reads the backend.
 //!
 //! The flusher thread holds a clone of the backend, so it is joined when the last clone of the
 //! store is dropped: a process that drops its member and then exits never exits while that thread
@@ -125,10 +126,9 @@ pub struct LogStore {
     backend: Arc<dyn Backend>,
     /// The flusher queue and thread, shared by every clone; the last clone's drop joins the thread.
     flusher: Arc<Flusher>,
-    /// Entries appended last, shared by every clone (the core appends; the state machine worker and
-    /// the replication tasks read). The mutex is held across the backend write of an append,
-    /// truncation or purge, so a reader never sees the cache and the log disagree; it is never
-    /// held across an await, and no other lock is taken under it.
+    /// Entries appended last, shared by every clone (the core appends, truncates and purges; the
+    /// state machine worker and the replication tasks read). The mutex guards short in-memory
+    /// sections only: never a backend write, never an await, and no other lock is taken under it.
     recent: Arc<Mutex<RecentEntries>>,
 }
 
@@ -309,13 +309,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put(Cf::RaftLog, index_key(entry.index()), encoded);
             appended.push((entry, bytes));
         }
-        {
-            let mut recent = self.recent();
-            self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
-            for (entry, bytes) in appended {
-                recent.push(entry, bytes);
-            }
+        self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
+        let mut recent = self.recent();
+        for (entry, bytes) in appended {
+            recent.push(entry, bytes);
         }
+        drop(recent);
         let queue = self.flusher.queue.as_ref().ok_or_else(|| io_err("the log flusher has been closed"))?;
         queue.send(callback).map_err(|_| io_err("the log flusher thread has stopped"))
     }
@@ -324,10 +323,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let mut batch = WriteBatch::new();
         batch.delete_range(Cf::RaftLog, index_key(from), [0xffu8; 9]);
-        let mut recent = self.recent();
-        self.backend.write(batch, Durability::Synced).map_err(io_err)?;
-        recent.truncate_after(last_log_id.map(|id| id.index()));
-        Ok(())
+        self.recent().truncate_after(last_log_id.map(|id| id.index()));
+        self.backend.write(batch, Durability::Synced).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -335,10 +332,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point in the same batch, so the log never appears to have a hole.
         batch.put(Cf::RaftState, LAST_PURGED_KEY, encode(&log_id)?);
         batch.delete_range(Cf::RaftLog, index_key(0), index_key(log_id.index() + 1));
-        let mut recent = self.recent();
-        self.backend.write(batch, Durability::Synced).map_err(io_err)?;
-        recent.purge_through(log_id.index());
-        Ok(())
+        self.recent().purge_through(log_id.index());
+        self.backend.write(batch, Durability::Synced).map_err(io_err)
     }
 }
 

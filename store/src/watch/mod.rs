@@ -109,11 +109,6 @@ impl EventBatch {
         Arc::new(Self { events, wire: OnceLock::new() })
     }
 
-    /// The events, in revision order.
-    pub fn events(&self) -> &[Event] {
-        &self.events
-    }
-
     /// The events' encoding: made by `encode` the first time it is asked for, then shared by every
     /// caller (concurrent first callers wait for one encoding).
     pub fn wire_form(&self, encode: impl FnOnce(&[Event]) -> Vec<u8>) -> &[u8] {
@@ -121,6 +116,7 @@ impl EventBatch {
     }
 }
 
+/// The events, in revision order.
 impl std::ops::Deref for EventBatch {
     type Target = [Event];
 
