@@ -5,13 +5,18 @@
 //! etcdctl 3.4 sends `:authority: http://host:port` (a URL, not an authority) on the calls it makes
 //! to one endpoint (`endpoint status`, `endpoint hashkv`, `snapshot save`, ...). etcd's grpc-go server
 //! accepts that; the h2 crate refuses the stream as malformed. The shim reads the client's HTTP/2
-//! frames, decodes each request header block with HPACK, replaces such an `:authority` with its
-//! `host:port`, and re-encodes the block as plain literals. Everything else passes through byte for
-//! byte, and the server-to-client direction is untouched.
+//! frames and decodes each request header block with HPACK (keeping its dynamic table in step with
+//! the client's encoder). Blocks go on as they came until one carries such an `:authority`; that
+//! block and every later one on the connection are re-encoded as plain literals, with the
+//! `:authority` replaced by its `host:port`. Other frames pass through byte for byte, and the
+//! server-to-client direction is untouched.
 //!
-//! Invariants: a connection that does not start with the HTTP/2 preface, or that the shim cannot
-//! parse, is passed through unmodified from then on (the server then judges it as it would have);
-//! buffering is bounded by one frame plus one header block of at most `MAX_HEADER_BLOCK` bytes.
+//! Invariants: the server's HPACK decoder sees either the client's own blocks (its dynamic table
+//! then matches the client's) or, once rewriting has begun, only blocks that never refer to the
+//! dynamic table; a connection that does not start with the HTTP/2 preface, or that the shim
+//! cannot parse, is passed through unmodified from then on (the server then judges it as it would
+//! have); buffering is bounded by one frame plus one header block of at most `MAX_HEADER_BLOCK`
+//! bytes.
 
 use std::io;
 use std::pin::Pin;
@@ -64,16 +69,19 @@ struct Rewriter {
     decoder: Decoder,
     /// A header block awaiting its CONTINUATION frames: stream id, END_STREAM, fragments so far.
     open_block: Option<(u32, bool, Vec<u8>)>,
+    /// Set by the first block that needed repair; from then on every block is re-encoded.
+    rewriting: bool,
 }
 
 impl Rewriter {
     fn new() -> Self {
-        Self { mode: Mode::Preface, decoder: Decoder::new(HEADER_TABLE_SIZE), open_block: None }
+        Self { mode: Mode::Preface, decoder: Decoder::new(HEADER_TABLE_SIZE), open_block: None, rewriting: false }
     }
 
     /// Stops interpreting the connection: withheld header fragments go out first (as one HEADERS
-    /// frame, so the server sees the same header block), then `frame` if given, then the rest.
-    fn give_up(&mut self, frame: Option<&[u8]>, end_headers: bool, raw: &mut Vec<u8>, out: &mut Vec<u8>) {
+    /// frame, so the server sees the same header block), then `frame` if given; the caller passes
+    /// the rest through.
+    fn give_up(&mut self, frame: Option<&[u8]>, end_headers: bool, out: &mut Vec<u8>) {
         self.mode = Mode::Passthrough;
         if let Some((stream, end_stream, block)) = self.open_block.take() {
             let mut flags = if end_stream { END_STREAM } else { 0 };
@@ -85,90 +93,96 @@ impl Rewriter {
         if let Some(frame) = frame {
             out.extend_from_slice(frame);
         }
-        out.append(raw);
     }
 
-    /// Moves every complete unit of `raw` to `out`, rewriting header blocks.
+    /// Moves every complete unit of `raw` to `out`, rewriting header blocks; what is left in `raw`
+    /// is an incomplete frame (or preface).
     fn process(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) {
+        let consumed = self.consume(raw, out);
+        // One shift per read, not one per frame: a read holds many small frames.
+        raw.drain(..consumed);
+    }
+
+    /// Moves every complete unit at the front of `raw` to `out`; returns how many bytes it took.
+    fn consume(&mut self, raw: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut at = 0;
         loop {
+            let rest = &raw[at..];
             match self.mode {
                 Mode::Passthrough => {
-                    out.append(raw);
-                    return;
+                    out.extend_from_slice(rest);
+                    return raw.len();
                 }
                 Mode::Preface => {
-                    let n = raw.len().min(PREFACE.len());
-                    if raw[..n] != PREFACE[..n] {
-                        self.give_up(None, false, raw, out);
-                        return;
+                    let n = rest.len().min(PREFACE.len());
+                    if rest[..n] != PREFACE[..n] {
+                        self.give_up(None, false, out);
+                        continue;
                     }
                     if n < PREFACE.len() {
-                        return;
+                        return at;
                     }
-                    out.extend(raw.drain(..PREFACE.len()));
+                    out.extend_from_slice(PREFACE);
+                    at += PREFACE.len();
                     self.mode = Mode::Frames;
                 }
                 Mode::Frames => {
-                    if raw.len() < FRAME_HEADER {
-                        return;
+                    if rest.len() < FRAME_HEADER {
+                        return at;
                     }
-                    let len = u32::from_be_bytes([0, raw[0], raw[1], raw[2]]) as usize;
+                    let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
                     if len > MAX_FRAME_LIMIT {
-                        self.give_up(None, false, raw, out);
-                        return;
-                    }
-                    if raw.len() < FRAME_HEADER + len {
-                        return;
-                    }
-                    let (kind, flags) = (raw[3], raw[4]);
-                    let stream = u32::from_be_bytes([raw[5] & 0x7f, raw[6], raw[7], raw[8]]);
-                    if kind != HEADERS && kind != CONTINUATION {
-                        out.extend(raw.drain(..FRAME_HEADER + len));
+                        self.give_up(None, false, out);
                         continue;
                     }
-                    let frame: Vec<u8> = raw.drain(..FRAME_HEADER + len).collect();
-                    match self.headers_frame(kind, flags, stream, &frame[FRAME_HEADER..], out) {
+                    if rest.len() < FRAME_HEADER + len {
+                        return at;
+                    }
+                    let frame = &rest[..FRAME_HEADER + len];
+                    at += frame.len();
+                    let (kind, flags) = (frame[3], frame[4]);
+                    let stream = u32::from_be_bytes([frame[5] & 0x7f, frame[6], frame[7], frame[8]]);
+                    if kind != HEADERS && kind != CONTINUATION {
+                        out.extend_from_slice(frame);
+                        continue;
+                    }
+                    match self.headers_frame(kind, flags, stream, frame, out) {
                         Ok(()) => {}
                         // Not understood: withheld fragments, then this frame, unchanged.
-                        Err(Failure::Frame) => {
-                            self.give_up(Some(&frame), false, raw, out);
-                            return;
-                        }
+                        Err(Failure::Frame) => self.give_up(Some(frame), false, out),
                         // The block (this frame's fragment included) did not decode: hand it over
                         // whole, so the server reports the error it would have.
-                        Err(Failure::Block) => {
-                            self.give_up(None, true, raw, out);
-                            return;
-                        }
+                        Err(Failure::Block) => self.give_up(None, true, out),
                     }
                 }
             }
         }
     }
 
+    /// Takes one HEADERS or CONTINUATION frame (header included); writes the block it completes.
     fn headers_frame(
         &mut self,
         kind: u8,
         flags: u8,
         stream: u32,
-        payload: &[u8],
+        frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Failure> {
+        let payload = &frame[FRAME_HEADER..];
+        if kind == HEADERS && flags & END_HEADERS != 0 && self.open_block.is_none() {
+            // A whole block in one frame, the usual case: decoded where it lies and, unless it is
+            // rewritten, passed on as it came. A block that does not decode goes on unchanged.
+            let fragment = header_fragment(flags, payload)?;
+            return match self.finish_block(stream, flags & END_STREAM != 0, fragment, Some(frame), out) {
+                Err(Failure::Block) => Err(Failure::Frame),
+                done => done,
+            };
+        }
         let fragment = if kind == HEADERS {
             if self.open_block.is_some() {
                 return Err(Failure::Frame);
             }
-            let mut body = payload;
-            let mut pad = 0usize;
-            if flags & PADDED != 0 {
-                pad = *body.first().ok_or(Failure::Frame)? as usize;
-                body = &body[1..];
-            }
-            if flags & PRIORITY != 0 {
-                body = body.get(5..).ok_or(Failure::Frame)?;
-            }
-            let end = body.len().checked_sub(pad).ok_or(Failure::Frame)?;
-            &body[..end]
+            header_fragment(flags, payload)?
         } else {
             match &self.open_block {
                 Some((open, _, _)) if *open == stream => payload,
@@ -184,39 +198,80 @@ impl Rewriter {
         if flags & END_HEADERS == 0 {
             return Ok(());
         }
-        let Some((stream, end_stream, block)) = self.open_block.as_ref() else { return Err(Failure::Frame) };
-        let (stream, end_stream) = (*stream, *end_stream);
+        let Some((stream, end_stream, block)) = self.open_block.take() else { return Err(Failure::Frame) };
+        let finished = self.finish_block(stream, end_stream, &block, None, out);
+        if let Err(Failure::Block) = finished {
+            // Kept so that giving up hands the server the whole block.
+            self.open_block = Some((stream, end_stream, block));
+        }
+        finished
+    }
+
+    /// Decodes a complete header block and writes it: `original` (the frame it came in) or the
+    /// block itself while nothing needs repair, re-encoded as plain literals from the first repair on.
+    fn finish_block(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        block: &[u8],
+        original: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
         let mut headers = self.decoder.decode(block).map_err(|_| Failure::Block)?;
-        self.open_block = None;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority"
                 && let Some(fixed) = repaired_authority(value)
             {
                 *value = fixed;
+                // Sticky: a re-encoded block does not add the client's entries to the server's
+                // dynamic table, so no later block may be passed on as it came (it could refer
+                // to them); every block from here on is re-encoded without referring to the table.
+                self.rewriting = true;
             }
         }
-        let encoded = hpack::encode(&headers);
-        let mut chunks = encoded.chunks(MAX_FRAME).peekable();
-        let mut first = true;
-        // An empty block still needs its HEADERS frame.
-        if encoded.is_empty() {
-            write_frame(out, HEADERS, END_HEADERS | if end_stream { END_STREAM } else { 0 }, stream, &[]);
+        if !self.rewriting {
+            match original {
+                Some(frame) => out.extend_from_slice(frame),
+                None => write_block(out, stream, end_stream, block),
+            }
+            return Ok(());
         }
-        while let Some(chunk) = chunks.next() {
-            let last = chunks.peek().is_none();
-            let mut frame_flags = if last { END_HEADERS } else { 0 };
-            let kind = if first {
-                if end_stream {
-                    frame_flags |= END_STREAM;
-                }
-                HEADERS
-            } else {
-                CONTINUATION
-            };
-            write_frame(out, kind, frame_flags, stream, chunk);
-            first = false;
-        }
+        write_block(out, stream, end_stream, &hpack::encode(&headers));
         Ok(())
+    }
+}
+
+/// The header block fragment of a HEADERS frame's payload (padding and priority removed).
+fn header_fragment(flags: u8, payload: &[u8]) -> Result<&[u8], Failure> {
+    let mut body = payload;
+    let mut pad = 0usize;
+    if flags & PADDED != 0 {
+        pad = *body.first().ok_or(Failure::Frame)? as usize;
+        body = &body[1..];
+    }
+    if flags & PRIORITY != 0 {
+        body = body.get(5..).ok_or(Failure::Frame)?;
+    }
+    let end = body.len().checked_sub(pad).ok_or(Failure::Frame)?;
+    Ok(&body[..end])
+}
+
+/// Writes a header block as a HEADERS frame and as many CONTINUATION frames as it needs.
+fn write_block(out: &mut Vec<u8>, stream: u32, end_stream: bool, block: &[u8]) {
+    let end_stream_flag = if end_stream { END_STREAM } else { 0 };
+    // An empty block still needs its HEADERS frame.
+    if block.is_empty() {
+        write_frame(out, HEADERS, END_HEADERS | end_stream_flag, stream, &[]);
+        return;
+    }
+    let mut chunks = block.chunks(MAX_FRAME).peekable();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let end_headers = if last { END_HEADERS } else { 0 };
+        let (kind, flags) = if first { (HEADERS, end_headers | end_stream_flag) } else { (CONTINUATION, end_headers) };
+        write_frame(out, kind, flags, stream, chunk);
+        first = false;
     }
 }
 
@@ -431,6 +486,33 @@ mod tests {
         write_frame(&mut expected, HEADERS, END_HEADERS, 1, &[0xbe, 0x82]);
         expected.extend_from_slice(&input[PREFACE.len() + 2 * FRAME_HEADER + 2..]);
         assert_eq!(out, expected, "the block goes on whole, and nothing after it is rewritten");
+    }
+
+    /// A literal `:authority` (static name index 1) added to the dynamic table, as grpc clients send it.
+    fn indexed_authority_block(authority: &str) -> Vec<u8> {
+        let mut block = vec![0x83, 0x41, authority.len() as u8]; // :method POST; literal, incremental indexing
+        block.extend_from_slice(authority.as_bytes());
+        block
+    }
+
+    #[test]
+    fn blocks_pass_through_byte_for_byte_until_one_needs_repair_and_the_server_decodes_every_one_alike() {
+        let mut input = PREFACE.to_vec();
+        write_frame(&mut input, 0x4, 0, 0, &[]); // SETTINGS
+        write_frame(&mut input, HEADERS, END_HEADERS, 1, &indexed_authority_block("127.0.0.1:2379"));
+        write_frame(&mut input, 0x0, END_STREAM, 1, b"one");
+        // Refers to the dynamic entry the first block added (index 62).
+        write_frame(&mut input, HEADERS, END_HEADERS, 3, &[0x83, 0xbe]);
+        let untouched = input.len();
+        write_frame(&mut input, HEADERS, END_HEADERS, 5, &indexed_authority_block("http://127.0.0.1:2379"));
+        // Index 63 is now the first block's entry, 62 the URL, which needs repair again.
+        write_frame(&mut input, HEADERS, END_HEADERS, 7, &[0x83, 0xbf]);
+        write_frame(&mut input, HEADERS, END_HEADERS | END_STREAM, 9, &[0x83, 0xbe]);
+        for step in [1, 5, 64, input.len()] {
+            let out = run(&input, step);
+            assert_eq!(out[..untouched], input[..untouched], "blocks needing no repair go on as they came ({step})");
+            assert_eq!(authorities(&out), ["127.0.0.1:2379"; 5], "read {step} bytes at a time");
+        }
     }
 
     #[test]
