@@ -89,7 +89,9 @@ fn the_real_build_stays_strictly_serializable_under_kill_and_partition() {
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];
-    assert!(stats["ok"].as_u64().unwrap() >= 200, "transactions committed: {stats}");
+    // Printed with every figure below: the run's seed is random, so a shortfall is replayed from it.
+    let again = &results["command"];
+    assert!(stats["ok"].as_u64().unwrap() >= 200, "transactions committed: {stats}\nreproduce with: {again}");
     assert_no_firewall_chains_left();
 }
 
@@ -101,8 +103,16 @@ fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];
-    assert!(stats["watches_checked"].as_u64().unwrap() >= 5, "watch streams were checked: {stats}");
-    assert!(stats["events_received"].as_u64().unwrap() >= 100, "events were delivered: {stats}");
+    // Printed with every figure below: the run's seed is random, so a shortfall is replayed from it.
+    let again = &results["command"];
+    assert!(
+        stats["watches_checked"].as_u64().unwrap() >= 5,
+        "watch streams were checked: {stats}\nreproduce with: {again}"
+    );
+    assert!(
+        stats["events_received"].as_u64().unwrap() >= 100,
+        "events were delivered: {stats}\nreproduce with: {again}"
+    );
     assert_no_firewall_chains_left();
 }
 
@@ -114,10 +124,15 @@ fn lock_holders_under_kill_and_partition_keep_fences_ordered_and_leases_honest()
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];
-    assert!(stats["acquisitions"].as_u64().unwrap() >= 10, "locks were taken: {stats}");
-    assert!(stats["fenced_applied"].as_u64().unwrap() >= 10, "holders wrote: {stats}");
-    assert!(stats["abandoned"].as_u64().unwrap() >= 1, "some leases were left to expire: {stats}");
-    assert!(stats["leases_listed"].is_u64(), "the final listing ran: {stats}");
+    // Printed with every figure below: the run's seed is random, so a shortfall is replayed from it.
+    let again = &results["command"];
+    assert!(stats["acquisitions"].as_u64().unwrap() >= 10, "locks were taken: {stats}\nreproduce with: {again}");
+    assert!(stats["fenced_applied"].as_u64().unwrap() >= 10, "holders wrote: {stats}\nreproduce with: {again}");
+    assert!(
+        stats["abandoned"].as_u64().unwrap() >= 1,
+        "some leases were left to expire: {stats}\nreproduce with: {again}"
+    );
+    assert!(stats["leases_listed"].is_u64(), "the final listing ran: {stats}\nreproduce with: {again}");
     assert_no_firewall_chains_left();
 }
 
