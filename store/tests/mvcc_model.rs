@@ -1,6 +1,7 @@
 //! Property test: the MVCC engine against a simple in-memory model.
 //!
-//! Random puts, range deletes, transactions (with compares and both branches), compactions (with
+//! Random puts, runs of puts staged and written as one batch (as apply writes consecutive put
+//! entries), range deletes, transactions (with compares and both branches), compactions (with
 //! physical removal awaited) and restarts are applied to the engine and to a model that keeps the
 //! full state at every revision. After every step, ranges at revisions across the retained window
 //! and watch replays from every retained revision must match the model exactly, and reads below
@@ -31,8 +32,18 @@ enum SubOp {
 #[derive(Clone, Debug)]
 enum Op {
     Sub(SubOp),
-    Txn { compare_key: usize, compare_version: i64, then: Vec<SubOp>, otherwise: Vec<SubOp> },
-    Compact { back: i64, wait: bool },
+    Txn {
+        compare_key: usize,
+        compare_version: i64,
+        then: Vec<SubOp>,
+        otherwise: Vec<SubOp>,
+    },
+    /// Standalone puts staged one on another and committed together.
+    StagedPuts(Vec<(usize, u8)>),
+    Compact {
+        back: i64,
+        wait: bool,
+    },
     Restart,
 }
 
@@ -55,6 +66,7 @@ fn sub_op() -> impl Strategy<Value = SubOp> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => sub_op().prop_map(Op::Sub),
+        2 => prop::collection::vec((0..KEYS.len(), any::<u8>()), 1..6).prop_map(Op::StagedPuts),
         3 => (0..KEYS.len(), 0i64..3, prop::collection::vec(sub_op(), 0..4), prop::collection::vec(sub_op(), 0..3))
             .prop_map(|(compare_key, compare_version, then, otherwise)| Op::Txn { compare_key, compare_version, then, otherwise }),
         1 => (0i64..6, any::<bool>()).prop_map(|(back, wait)| Op::Compact { back, wait }),
@@ -153,7 +165,7 @@ impl Model {
                     Self::apply_sub(&mut state, rev, sub, &mut events);
                 }
             }
-            Op::Compact { .. } | Op::Restart => unreachable!("not a write"),
+            Op::StagedPuts(_) | Op::Compact { .. } | Op::Restart => unreachable!("not one write"),
         }
         if !events.is_empty() {
             self.current = rev;
@@ -202,7 +214,7 @@ fn apply_engine(mvcc: &Mvcc, op: &Op) -> Vec<Event> {
             };
             txn.execute_txn(&req, &AllLeases).expect("apply txn");
         }
-        Op::Compact { .. } | Op::Restart => unreachable!("not a write"),
+        Op::StagedPuts(_) | Op::Compact { .. } | Op::Restart => unreachable!("not one write"),
     }
     let committed = txn.commit(WriteBatch::new(), Durability::Buffered).expect("commit");
     committed
@@ -213,6 +225,11 @@ fn apply_engine(mvcc: &Mvcc, op: &Op) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+/// A range over every key at the current revision.
+fn every_key() -> RangeRequest {
+    RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }
 }
 
 /// Checks ranges and replays against the model.
@@ -345,6 +362,30 @@ fn run_case(rocks: bool, ops: &[Op], probes: &[Probe], runtime: &tokio::runtime:
                     Err(MvccError::FutureRevision) => prop_assert!(target > model.current),
                     Err(err) => return Err(TestCaseError::fail(format!("compaction: {err}"))),
                 }
+            }
+            Op::StagedPuts(puts) => {
+                let before = store.mvcc().range(&every_key()).expect("range before staging");
+                let mut staged = store.mvcc().stage_puts();
+                let mut expected = Vec::new();
+                for (i, &(key, value)) in puts.iter().enumerate() {
+                    expected.extend(model.apply(&Op::Sub(SubOp::Put { key, value })));
+                    let req = PutRequest { key: KEYS[key].to_vec(), value: vec![value], ..Default::default() };
+                    let resp = staged.execute_put(store.mvcc(), &req, &AllLeases, false).expect("staged put");
+                    prop_assert_eq!(resp.revision, model.current, "revision of staged put {}", i);
+                }
+                let unwritten = store.mvcc().range(&every_key()).expect("range while staged");
+                prop_assert_eq!(unwritten, before, "staged puts are invisible until committed");
+                let committed = staged.commit(store.mvcc(), WriteBatch::new(), Durability::Buffered).expect("commit");
+                prop_assert_eq!(committed.last().map(|c| c.revision), Some(model.current));
+                let got: Vec<Event> = committed
+                    .into_iter()
+                    .flat_map(|c| c.events)
+                    .map(|mut e| {
+                        e.prev_kv = None;
+                        e
+                    })
+                    .collect();
+                prop_assert_eq!(got, expected, "events of step {}: {:?}", step, op);
             }
             write => {
                 let expected = model.apply(write);

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock, RwLockWriteGuard};
 pub use compact::CompactionProgress;
 pub use encoding::{lease_attachment_key, lease_attachment_prefix, unescape_key};
 pub use exec::LeaseCheck;
-pub use txn::{Committed, WriteTxn};
+pub use txn::{Committed, StagedPuts, WriteTxn};
 pub use types::*;
 
 use crate::backend::{Backend, BackendError, Cf, WriteBatch};

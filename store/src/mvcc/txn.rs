@@ -2,15 +2,23 @@
 //! batch under one new revision, and keeps an overlay so the request's later operations read its own
 //! earlier writes (as etcd's transactions do).
 //!
-//! Invariants: nothing reaches the backend before [`WriteTxn::commit`]; a transaction that changed
-//! nothing leaves the revision unchanged; lease attachments are updated in the same batch as the
-//! keys they describe.
+//! [`StagedPuts`] carries consecutive standalone puts into one backend write: each staged put is
+//! executed as a transaction of its own (its own revision, its own events) on top of the ones staged
+//! before it, and the lot is written and published together.
+//!
+//! Invariants: nothing reaches the backend before [`WriteTxn::commit`] or [`StagedPuts::commit`]; a
+//! transaction that changed nothing leaves the revision unchanged; lease attachments are updated in
+//! the same batch as the keys they describe; readers never see a staged revision before every
+//! revision up to it is written (the current revision is advanced only after the write).
 
 use std::ops::ControlFlow;
 
 use super::encoding::{IndexEntry, Record, RecordKind, index_key, lease_attachment_key, revision_key};
 use super::read::Overlay;
-use super::{Event, EventKind, KeyValue, Mvcc, MvccError, RangeEnd, RangeRequest, RangeResponse, Revision};
+use super::{
+    Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeEnd, RangeRequest,
+    RangeResponse, Revision,
+};
 use crate::backend::{Cf, Durability, WriteBatch};
 use crate::format;
 
@@ -23,6 +31,9 @@ pub struct WriteTxn<'a> {
     /// Attach the previous version to every event (some watcher or the request wants it).
     want_prev_values: bool,
     overlay: Overlay,
+    /// The latest versions of the keys written by puts staged before this one (see [`StagedPuts`]);
+    /// only point lookups ([`WriteTxn::get`]) consult it, which is all a standalone put does.
+    staged: Option<&'a Overlay>,
     events: Vec<Event>,
     batch: WriteBatch,
 }
@@ -45,9 +56,105 @@ impl Mvcc {
             next_sub: 0,
             want_prev_values,
             overlay: Overlay::new(),
+            staged: None,
             events: Vec::new(),
             batch: WriteBatch::new(),
         }
+    }
+
+    /// Starts staging standalone puts on the latest committed revision. Only the apply path may hold
+    /// one, and no other write may happen until it is committed or dropped.
+    pub fn stage_puts(&self) -> StagedPuts {
+        let base = self.current_revision();
+        StagedPuts { base, revision: base, overlay: Overlay::new(), batch: WriteBatch::new(), committed: Vec::new() }
+    }
+}
+
+/// Standalone puts executed one after another but not yet written: one backend write commits them
+/// all (the apply path stages the puts of one run of committed log entries).
+///
+/// Invariant: staged put `i` has revision `base + 1 + i`; `overlay` holds the newest staged version
+/// of every key a staged put wrote, so each put sees the ones staged before it exactly as it would
+/// had they been committed.
+pub struct StagedPuts {
+    /// The committed revision the first staged put builds on.
+    base: i64,
+    /// The revision of the last staged put (`base` when none is).
+    revision: i64,
+    overlay: Overlay,
+    batch: WriteBatch,
+    committed: Vec<Committed>,
+}
+
+impl StagedPuts {
+    /// The revision after the puts staged so far.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Number of puts staged.
+    pub fn len(&self) -> usize {
+        self.committed.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_empty()
+    }
+
+    /// Approximate size of the staged writes in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.batch.size_bytes()
+    }
+
+    /// Executes a standalone put on top of the staged ones; a refused put stages nothing.
+    pub fn execute_put(
+        &mut self,
+        mvcc: &Mvcc,
+        req: &PutRequest,
+        leases: &dyn LeaseCheck,
+        want_prev_values: bool,
+    ) -> Result<PutResponse, MvccError> {
+        let mut txn = WriteTxn {
+            mvcc,
+            base: self.revision,
+            next_sub: 0,
+            want_prev_values,
+            overlay: Overlay::new(),
+            staged: Some(&self.overlay),
+            events: Vec::new(),
+            batch: WriteBatch::new(),
+        };
+        let resp = txn.execute_put(req, leases)?;
+        let revision = txn.revision();
+        let WriteTxn { overlay, events, batch, .. } = txn;
+        self.revision = revision;
+        self.overlay.extend(overlay);
+        self.batch.extend(batch);
+        self.committed.push(Committed { revision, events });
+        Ok(resp)
+    }
+
+    /// Writes every staged put plus `extra` as one atomic batch, then publishes the new revision to
+    /// readers; returns what each put produced, in order.
+    pub fn commit(
+        mut self,
+        mvcc: &Mvcc,
+        extra: WriteBatch,
+        durability: Durability,
+    ) -> Result<Vec<Committed>, MvccError> {
+        debug_assert_eq!(mvcc.current_revision(), self.base, "a write happened while puts were staged");
+        if !self.is_empty() {
+            self.batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, self.revision.to_be_bytes());
+        }
+        self.batch.extend(extra);
+        if !self.batch.is_empty() {
+            mvcc.backend.write(self.batch, durability)?;
+        }
+        if !self.committed.is_empty() {
+            mvcc.current.store(self.revision, std::sync::atomic::Ordering::Release);
+        }
+        Ok(self.committed)
     }
 }
 
@@ -75,6 +182,7 @@ impl<'a> WriteTxn<'a> {
 
     /// A range read that sees this transaction's own writes.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        debug_assert!(self.staged.is_none(), "ranges never run on top of staged puts");
         let mut resp = self.mvcc.range_with(req, self.base, Some(&self.overlay))?;
         resp.revision = self.revision();
         Ok(resp)
@@ -83,7 +191,7 @@ impl<'a> WriteTxn<'a> {
     /// The latest version of `key`, seeing this transaction's writes; the value is loaded only when
     /// `with_value`.
     pub fn get(&self, key: &[u8], with_value: bool) -> Result<Option<KeyValue>, MvccError> {
-        if let Some(state) = self.overlay.get(key) {
+        if let Some(state) = self.overlay.get(key).or_else(|| self.staged.and_then(|staged| staged.get(key))) {
             return Ok(state.clone());
         }
         let mut found = None;

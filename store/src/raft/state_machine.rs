@@ -9,6 +9,10 @@
 //!   the entry;
 //!   storage failures are not refusals and stop the member (openraft treats them as fatal);
 //! - watchers see a revision only after it is in storage (`publish` follows the write);
+//! - a run of consecutive standalone puts in one apply call is staged and written as one backend
+//!   batch (with the last one's log id); their clients hear back, and readers and watchers see their
+//!   revisions, only after that write. Any other entry first commits what is staged, so it always
+//!   runs on committed state;
 //! - a snapshot install first records a marker (synced), then replaces the data, then clears the
 //!   marker (synced); a member that crashes mid-install finishes the install when it restarts.
 
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, TryStreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -34,7 +38,7 @@ use crate::backend::{Backend, Cf, Durability, WriteBatch};
 use crate::error::StoreError;
 use crate::format::{self, FormatError};
 use crate::lease::{LeaseError, Lessor};
-use crate::mvcc::{Mvcc, MvccError, WriteTxn};
+use crate::mvcc::{Mvcc, MvccError, StagedPuts, WriteTxn};
 use crate::watch::{WatchConfig, WatchHub};
 
 /// A member's published attributes.
@@ -430,6 +434,49 @@ impl StoreCore {
         Ok(result)
     }
 
+    /// True when a standalone put may be staged on top of `staged` rather than applied on its own:
+    /// with auth on, its permission check reads lease attachments from storage, which must not miss
+    /// staged writes; near the revision limit, the put must stop apply exactly as an unstaged one.
+    fn may_stage(&self, staged: Option<&StagedRun>) -> bool {
+        let revision = staged.map_or_else(|| self.mvcc.current_revision(), |run| run.puts.revision());
+        !self.auth.state().enabled && revision < self.revision_limit.load(Ordering::Acquire)
+    }
+
+    /// Stages one standalone put (see [`StagedPuts`]); refusals are `Err`, as [`Self::apply_command`]
+    /// returns them.
+    fn stage_put(
+        &self,
+        staged: &mut StagedPuts,
+        req: &crate::mvcc::PutRequest,
+        log_id: &LogId,
+    ) -> io::Result<CommandResult> {
+        let result = if self.out_of_space() {
+            Err(StoreError::NoSpace)
+        } else {
+            match staged.execute_put(&self.mvcc, req, &*self.lessor, self.hub.wants_prev_values()) {
+                Ok(resp) => Ok(CommandResponse::Put(resp)),
+                Err(err) => Err(refusal(err)?),
+            }
+        };
+        tracing::trace!(log_index = log_id.index(), ?result, "staged put");
+        Ok(result)
+    }
+
+    /// Writes the staged puts with `log_id` as the applied position, publishes their events and
+    /// only then answers their clients.
+    fn commit_staged(&self, staged: StagedRun) -> io::Result<()> {
+        let StagedRun { puts, log_id, answers, .. } = staged;
+        let committed = puts.commit(&self.mvcc, Self::applied_batch(&log_id)?, Durability::Buffered).map_err(io_err)?;
+        for change in &committed {
+            self.hub.publish(change.revision, &change.events);
+        }
+        self.lock_applied().log_id = Some(log_id);
+        for (responder, result) in answers {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
     fn apply_membership(&self, log_id: &LogId, membership: StoredMembership) -> io::Result<()> {
         let mut batch = WriteBatch::new();
         batch.put(Cf::Meta, format::MEMBERSHIP_KEY, encode(&membership)?);
@@ -453,6 +500,32 @@ impl StoreCore {
         self.hub.reset_after_install();
         tracing::info!(snapshot = %snapshot::name(meta), revision = self.mvcc.current_revision(), "installed snapshot");
         Ok(())
+    }
+}
+
+/// Standalone puts staged by one apply call, with the clients waiting for them.
+struct StagedRun {
+    puts: StagedPuts,
+    /// The log id of the last staged entry: the applied position once the run is written.
+    log_id: LogId,
+    /// Entries staged, refused puts included; at most [`StagedRun::MAX_ENTRIES`].
+    entries: usize,
+    /// One per staged entry that has a client waiting (the leader's own).
+    answers: Vec<(ApplyResponder<TypeConfig>, CommandResult)>,
+}
+
+impl StagedRun {
+    /// At most this many entries wait in one run (it bounds the answers held back and the batch).
+    const MAX_ENTRIES: usize = 1024;
+    /// A run whose writes pass this size is written at once.
+    const MAX_BYTES: usize = 4 << 20;
+
+    fn new(puts: StagedPuts, log_id: LogId) -> Self {
+        StagedRun { puts, log_id, entries: 0, answers: Vec::new() }
+    }
+
+    fn is_full(&self) -> bool {
+        self.entries >= Self::MAX_ENTRIES || self.puts.size_bytes() >= Self::MAX_BYTES
     }
 }
 
@@ -554,8 +627,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut staged: Option<StagedRun> = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
+            if let EntryPayload::Normal(Command::Put(req)) = &entry.payload
+                && self.core.may_stage(staged.as_ref())
+            {
+                let run = staged.get_or_insert_with(|| StagedRun::new(self.core.mvcc.stage_puts(), log_id));
+                let result = self.core.stage_put(&mut run.puts, req, &log_id)?;
+                run.log_id = log_id;
+                run.entries += 1;
+                if let Some(responder) = responder {
+                    run.answers.push((responder, result));
+                }
+                if run.is_full()
+                    && let Some(full) = staged.take()
+                {
+                    self.core.commit_staged(full)?;
+                }
+                continue;
+            }
+            if let Some(run) = staged.take() {
+                self.core.commit_staged(run)?;
+            }
             let result = match entry.payload {
                 EntryPayload::Blank => {
                     self.core.write_applied(WriteBatch::new(), &log_id)?;
@@ -570,6 +664,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(responder) = responder {
                 responder.send(result);
             }
+        }
+        if let Some(run) = staged.take() {
+            self.core.commit_staged(run)?;
         }
         Ok(())
     }
