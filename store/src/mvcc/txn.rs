@@ -50,16 +50,7 @@ pub struct Committed {
 impl Mvcc {
     /// Starts a write transaction on the latest committed revision. Only the apply path may hold one.
     pub fn write_txn(&self, want_prev_values: bool) -> WriteTxn<'_> {
-        WriteTxn {
-            mvcc: self,
-            base: self.current_revision(),
-            next_sub: 0,
-            want_prev_values,
-            overlay: Overlay::new(),
-            staged: None,
-            events: Vec::new(),
-            batch: WriteBatch::new(),
-        }
+        WriteTxn::on(self, self.current_revision(), want_prev_values, None)
     }
 
     /// Starts staging standalone puts on the latest committed revision. Only the apply path may hold
@@ -92,11 +83,6 @@ impl StagedPuts {
         self.revision
     }
 
-    /// Number of puts staged.
-    pub fn len(&self) -> usize {
-        self.committed.len()
-    }
-
     /// True when nothing is staged.
     pub fn is_empty(&self) -> bool {
         self.committed.is_empty()
@@ -115,16 +101,7 @@ impl StagedPuts {
         leases: &dyn LeaseCheck,
         want_prev_values: bool,
     ) -> Result<PutResponse, MvccError> {
-        let mut txn = WriteTxn {
-            mvcc,
-            base: self.revision,
-            next_sub: 0,
-            want_prev_values,
-            overlay: Overlay::new(),
-            staged: Some(&self.overlay),
-            events: Vec::new(),
-            batch: WriteBatch::new(),
-        };
+        let mut txn = WriteTxn::on(mvcc, self.revision, want_prev_values, Some(&self.overlay));
         let resp = txn.execute_put(req, leases)?;
         let revision = txn.revision();
         let WriteTxn { overlay, events, batch, .. } = txn;
@@ -159,6 +136,20 @@ impl StagedPuts {
 }
 
 impl<'a> WriteTxn<'a> {
+    /// A transaction on `base`, over the staged puts' overlay when there is one.
+    fn on(mvcc: &'a Mvcc, base: i64, want_prev_values: bool, staged: Option<&'a Overlay>) -> Self {
+        WriteTxn {
+            mvcc,
+            base,
+            next_sub: 0,
+            want_prev_values,
+            overlay: Overlay::new(),
+            staged,
+            events: Vec::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+
     /// The MVCC store this transaction writes to.
     pub fn mvcc(&self) -> &'a Mvcc {
         self.mvcc
