@@ -126,8 +126,7 @@ async fn a_watcher_resumes_on_another_member_without_gap_or_duplicate() {
     let writer = tokio::spawn(async move {
         let mut revisions = Vec::new();
         for i in 0..WRITES {
-            let resp = writer_client.put(format!("w/{i:04}"), i.to_string(), None).await.unwrap();
-            revisions.push(resp.header().unwrap().revision());
+            revisions.push(put_retrying(&mut writer_client, format!("w/{i:04}"), i.to_string()).await);
         }
         revisions
     });
@@ -137,7 +136,11 @@ async fn a_watcher_resumes_on_another_member_without_gap_or_duplicate() {
     let (_w, mut stream) =
         client.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(start))).await.unwrap();
     while seen.len() < WRITES / 3 {
-        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("member {watched} sent nothing for 30 s after {} events", seen.len()))
+            .unwrap()
+            .unwrap();
         seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
     }
     cluster.kill(watched);
@@ -149,10 +152,60 @@ async fn a_watcher_resumes_on_another_member_without_gap_or_duplicate() {
     let mut client = cluster.client(other).await;
     let (_w, mut stream) =
         client.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(resume))).await.unwrap();
-    let expected = writer.await.unwrap();
-    while seen.len() < WRITES {
-        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+    let acknowledged = writer.await.unwrap();
+    let last = *acknowledged.last().unwrap();
+    while seen.last().is_none_or(|&r| r < last) {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("member {other} sent nothing for 30 s; resumed at {resume}, waiting for {last}"))
+            .unwrap()
+            .unwrap();
         seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
     }
-    assert_eq!(seen, expected, "every event exactly once, in order, across the member switch");
+
+    // The history itself, replayed from storage on a live member, is what the watcher should have
+    // seen; every acknowledged write is in it (a retried write may add one whose answer was lost).
+    let history = history_revisions(&mut client, start, last).await;
+    let mut unmatched = acknowledged.iter().filter(|r| history.binary_search(r).is_err()).peekable();
+    assert!(
+        unmatched.peek().is_none(),
+        "acknowledged writes missing from the history: {:?}",
+        unmatched.collect::<Vec<_>>()
+    );
+    assert_eq!(seen, history, "every event exactly once, in order, across the member switch");
+}
+
+/// Puts `key`, retrying while the cluster has no reachable leader (a loaded machine can stall
+/// long enough for an election); returns the acknowledged revision.
+async fn put_retrying(client: &mut etcd_client::Client, key: String, value: String) -> i64 {
+    const ATTEMPTS: usize = 50;
+    for attempt in 1..=ATTEMPTS {
+        match client.put(key.clone(), value.clone(), None).await {
+            Ok(resp) => return resp.header().unwrap().revision(),
+            Err(err) if attempt < ATTEMPTS => {
+                eprintln!("put {key} failed (attempt {attempt}), retrying: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("put {key} failed {ATTEMPTS} times: {err}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// The mod revisions of every event under `w/` from `start` through `last`, read by a fresh
+/// watcher (which replays them from storage).
+async fn history_revisions(client: &mut etcd_client::Client, start: i64, last: i64) -> Vec<i64> {
+    let (_w, mut stream) =
+        client.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(start))).await.unwrap();
+    let mut history: Vec<i64> = Vec::new();
+    while history.last().is_none_or(|&r| r < last) {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("the history replay stalled")
+            .unwrap()
+            .unwrap();
+        history.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    assert!(history.windows(2).all(|pair| pair[0] < pair[1]), "the replayed history is in order: {history:?}");
+    history
 }
