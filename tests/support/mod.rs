@@ -19,13 +19,22 @@ pub const READY_BOUND: Duration = Duration::from_secs(60);
 /// (32768 and up): a port the kernel hands out for `bind(0)` can also be taken a moment later as
 /// the local end of some outgoing connection, before the server that was meant to get it binds.
 pub fn free_port() -> u16 {
+    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
+    // One starting point per test process, then a walk by a step coprime with the range: a process
+    // never hands out the same port twice (within 17,000 calls), even one nobody has bound yet.
+    // Drawing a new starting point per call let two calls of one cluster's set-up collide.
+    static START: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919)
-        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    const RANGE: u32 = 17_000;
+    const STEP: u32 = 2_103;
+    let start = *START.get_or_init(|| {
+        std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+    }) % RANGE;
     for _ in 0..1000 {
-        let n = seed.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed).wrapping_mul(104_729));
-        let port = 15_000 + (n % 17_000) as u16;
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) % RANGE;
+        let port = 15_000 + ((start + k * STEP) % RANGE) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
