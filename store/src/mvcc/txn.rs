@@ -57,7 +57,30 @@ impl Mvcc {
     /// one, and no other write may happen until it is committed or dropped.
     pub fn stage_puts(&self) -> StagedPuts {
         let base = self.current_revision();
-        StagedPuts { base, revision: base, overlay: Overlay::new(), batch: WriteBatch::new(), committed: Vec::new() }
+        StagedPuts { base, overlay: Overlay::new(), batch: WriteBatch::new(), committed: Vec::new() }
+    }
+
+    /// Writes `batch` and `extra` as one atomic backend write, recording `advanced_to` (when some
+    /// revision was made) as the current revision in it; only after the write do readers see that
+    /// revision. The one commit step of both [`WriteTxn`] and [`StagedPuts`].
+    fn write_advancing(
+        &self,
+        mut batch: WriteBatch,
+        advanced_to: Option<i64>,
+        extra: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), MvccError> {
+        if let Some(revision) = advanced_to {
+            batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
+        }
+        batch.extend(extra);
+        if !batch.is_empty() {
+            self.backend.write(batch, durability)?;
+        }
+        if let Some(revision) = advanced_to {
+            self.current.store(revision, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -70,8 +93,6 @@ impl Mvcc {
 pub struct StagedPuts {
     /// The committed revision the first staged put builds on.
     base: i64,
-    /// The revision of the last staged put (`base` when none is).
-    revision: i64,
     overlay: Overlay,
     batch: WriteBatch,
     committed: Vec<Committed>,
@@ -80,7 +101,7 @@ pub struct StagedPuts {
 impl StagedPuts {
     /// The revision after the puts staged so far.
     pub fn revision(&self) -> i64 {
-        self.revision
+        self.committed.last().map_or(self.base, |put| put.revision)
     }
 
     /// True when nothing is staged.
@@ -101,11 +122,10 @@ impl StagedPuts {
         leases: &dyn LeaseCheck,
         want_prev_values: bool,
     ) -> Result<PutResponse, MvccError> {
-        let mut txn = WriteTxn::on(mvcc, self.revision, want_prev_values, Some(&self.overlay));
+        let mut txn = WriteTxn::on(mvcc, self.revision(), want_prev_values, Some(&self.overlay));
         let resp = txn.execute_put(req, leases)?;
         let revision = txn.revision();
         let WriteTxn { overlay, events, batch, .. } = txn;
-        self.revision = revision;
         self.overlay.extend(overlay);
         self.batch.extend(batch);
         self.committed.push(Committed { revision, events });
@@ -114,23 +134,10 @@ impl StagedPuts {
 
     /// Writes every staged put plus `extra` as one atomic batch, then publishes the new revision to
     /// readers; returns what each put produced, in order.
-    pub fn commit(
-        mut self,
-        mvcc: &Mvcc,
-        extra: WriteBatch,
-        durability: Durability,
-    ) -> Result<Vec<Committed>, MvccError> {
+    pub fn commit(self, mvcc: &Mvcc, extra: WriteBatch, durability: Durability) -> Result<Vec<Committed>, MvccError> {
         debug_assert_eq!(mvcc.current_revision(), self.base, "a write happened while puts were staged");
-        if !self.is_empty() {
-            self.batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, self.revision.to_be_bytes());
-        }
-        self.batch.extend(extra);
-        if !self.batch.is_empty() {
-            mvcc.backend.write(self.batch, durability)?;
-        }
-        if !self.committed.is_empty() {
-            mvcc.current.store(self.revision, std::sync::atomic::Ordering::Release);
-        }
+        let advanced_to = (!self.is_empty()).then(|| self.revision());
+        mvcc.write_advancing(self.batch, advanced_to, extra, durability)?;
         Ok(self.committed)
     }
 }
@@ -286,19 +293,10 @@ impl<'a> WriteTxn<'a> {
 
     /// Writes the changes plus `extra` (the caller's metadata, such as the applied log id) as one
     /// atomic batch, then publishes the new revision to readers.
-    pub fn commit(mut self, extra: WriteBatch, durability: Durability) -> Result<Committed, MvccError> {
-        let changed = self.has_changes();
+    pub fn commit(self, extra: WriteBatch, durability: Durability) -> Result<Committed, MvccError> {
         let revision = self.revision();
-        if changed {
-            self.batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
-        }
-        self.batch.extend(extra);
-        if !self.batch.is_empty() {
-            self.mvcc.backend.write(self.batch, durability)?;
-        }
-        if changed {
-            self.mvcc.current.store(revision, std::sync::atomic::Ordering::Release);
-        }
+        let advanced_to = self.has_changes().then_some(revision);
+        self.mvcc.write_advancing(self.batch, advanced_to, extra, durability)?;
         Ok(Committed { revision, events: self.events })
     }
 }
