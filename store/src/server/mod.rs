@@ -214,6 +214,15 @@ impl Member {
             // instead of after it (as etcd does, Raft thesis 10.2.1): an entry still commits only
             // once a quorum, the leader counted only after its own fsync, holds it durably.
             broadcast_submitted_on_append: Some(true),
+            // A restarted leader must win an election before it leads again (standard Raft, as
+            // etcd does). Resuming leadership straight from the saved vote is unsafe here: the
+            // end of the leader's log, its commit index and applied state may have been in the
+            // unsynced WAL buffer when it was killed, while a quorum of followers durably holds
+            // those entries. A resumed leader would write other entries at the same positions
+            // under the same term (followers, matching log ids, keep theirs: the logs diverge)
+            // and hand out read indexes below writes it had acknowledged. An election, which the
+            // followers' longer logs refuse it, and the new term's no-op entry prevent both.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -237,6 +246,16 @@ impl Member {
                     tracing::debug!(%err, "not initializing: the cluster already started");
                 }
             });
+        }
+
+        if !pristine {
+            // A sole voter need not wait out an election timeout after a restart: no other member
+            // can hold entries it lacks (nothing commits without its own fsync), so it campaigns
+            // at once.
+            let sole_voter = raft.metrics().borrow_watched().membership_config.membership().voter_ids().eq([member_id]);
+            if sole_voter && let Err(err) = raft.trigger().elect(false).await {
+                tracing::warn!(%err, "campaigning after a restart");
+            }
         }
 
         let syncer = core.hub().start_syncer();
