@@ -13,8 +13,11 @@
 //! read round) go on one `StreamAppend` call per peer that stays open between heartbeats, one
 //! request and one answer at a time; opening a call per heartbeat cost an HTTP/2 stream, its
 //! headers and a task on the peer each time. Invariant: an answer is matched to the heartbeat
-//! that is waiting for it, because a heartbeat abandoned before its answer arrived (a timeout drops
-//! the future) takes the open call down with it.
+//! that is waiting for it. The peer answers in order, so the call counts the heartbeats it sent and
+//! the answers it received; a heartbeat abandoned before its answer arrived (a timeout, or openraft
+//! dropping the future) leaves its answer to be skipped by the next heartbeat. A slow peer or a
+//! loaded machine therefore keeps its call; only a call that ended, refused, or fell more than
+//! [`MAX_UNANSWERED_HEARTBEATS`] answers behind is replaced.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -272,6 +275,10 @@ impl PeerNetwork {
     }
 }
 
+/// How many heartbeats a call kept open may have sent without their answers arriving before it is
+/// given up for a new one: a bound on the answers a later heartbeat may have to skip.
+const MAX_UNANSWERED_HEARTBEATS: usize = 8;
+
 /// openraft's connection to one peer.
 #[derive(Debug)]
 pub struct PeerConnection {
@@ -280,8 +287,9 @@ pub struct PeerConnection {
     node: MemberNode,
     /// Whether this is a heartbeat connection, whose appends go on a call kept open.
     heartbeats: bool,
-    /// The heartbeat call kept open, when the last heartbeat was answered on it. Taken out while a
-    /// heartbeat is in flight and put back only once its answer arrived (module invariant).
+    /// The heartbeat call kept open. Stays here while a heartbeat is in flight, so a heartbeat
+    /// whose future is dropped leaves the call, and the count of answers still owed on it, for
+    /// the next one (module invariant).
     open_call: Option<OpenAppendCall>,
 }
 
@@ -290,43 +298,65 @@ pub struct PeerConnection {
 struct OpenAppendCall {
     requests: tokio::sync::mpsc::Sender<PeerRequest>,
     answers: Streaming<PeerResponse>,
+    /// Requests sent whose answers have not been received. Changed only right after the send or
+    /// the receive completes, with no await in between, so a dropped exchange leaves it exact.
+    unanswered: usize,
 }
 
 impl std::fmt::Debug for OpenAppendCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAppendCall").finish_non_exhaustive()
+        f.debug_struct("OpenAppendCall").field("unanswered", &self.unanswered).finish_non_exhaustive()
     }
 }
 
 /// How one heartbeat exchange on an open call ended.
 enum Exchange {
-    /// The peer answered; the call may carry the next heartbeat.
+    /// The peer answered; the call may carry the next heartbeat unless the answer is a refusal
+    /// (the peer's last answer on a call).
     Answered(StreamAppendResult<TypeConfig>),
-    /// The call had already ended (the peer restarted or closed it): nothing was answered, and a
-    /// heartbeat is harmless to resend on a new call.
+    /// The call had ended (the peer restarted or closed it) or is too far behind: this heartbeat
+    /// was not answered on it, and a heartbeat is harmless to resend on a new call.
     Ended(String),
-    /// No usable answer (timeout, refusal, undecodable answer): reported to openraft.
+    /// No answer in time: reported to openraft; the call stays open and the answer, when it
+    /// comes, is skipped by the next heartbeat.
+    Late(String),
+    /// An unusable answer (undecodable, or the peer's Raft has stopped) or a call that takes no
+    /// more requests: reported to openraft, and the call is given up.
     Failed(String),
 }
 
 impl OpenAppendCall {
-    /// Sends one request and waits, at most `ttl`, for its answer.
+    /// Sends one request and waits, at most `ttl` in all, for its answer, first skipping the
+    /// answers to heartbeats sent earlier and abandoned.
     async fn exchange(&mut self, request: PeerRequest, ttl: Duration) -> Exchange {
-        if self.requests.send(request).await.is_err() {
-            return Exchange::Ended("the append call has ended".into());
+        let deadline = tokio::time::Instant::now() + ttl;
+        if self.unanswered >= MAX_UNANSWERED_HEARTBEATS {
+            return Exchange::Ended(format!("{} heartbeats on the append call went unanswered", self.unanswered));
         }
-        match tokio::time::timeout(ttl, self.answers.next()).await {
-            Err(_) => Exchange::Failed(format!("no heartbeat answer within {ttl:?}")),
-            Ok(None) => Exchange::Ended("the peer ended the append call".into()),
-            Ok(Some(Err(status))) => Exchange::Ended(status.message().to_string()),
-            Ok(Some(Ok(response))) => {
-                match decode::<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>(&response.payload) {
-                    Err(err) => Exchange::Failed(format!("undecodable append answer: {err}")),
-                    // The peer's Raft has stopped: back off as for an unreachable peer.
-                    Ok(Err(fatal)) => Exchange::Failed(fatal.to_string()),
-                    Ok(Ok(result)) => Exchange::Answered(result),
-                }
+        match tokio::time::timeout_at(deadline, self.requests.send(request)).await {
+            // The transport has not taken even the heartbeat before: the call is stuck, not late.
+            Err(_) => return Exchange::Failed(format!("the append call took no heartbeat within {ttl:?}")),
+            Ok(Err(_)) => return Exchange::Ended("the append call has ended".into()),
+            Ok(Ok(())) => self.unanswered += 1,
+        }
+        loop {
+            let response = match tokio::time::timeout_at(deadline, self.answers.next()).await {
+                Err(_) => return Exchange::Late(format!("no heartbeat answer within {ttl:?}")),
+                Ok(None) => return Exchange::Ended("the peer ended the append call".into()),
+                Ok(Some(Err(status))) => return Exchange::Ended(status.message().to_string()),
+                Ok(Some(Ok(response))) => response,
+            };
+            self.unanswered -= 1;
+            // An answer to an abandoned heartbeat: its sender has gone, and this one's comes later.
+            if self.unanswered > 0 {
+                continue;
             }
+            return match decode::<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>(&response.payload) {
+                Err(err) => Exchange::Failed(format!("undecodable append answer: {err}")),
+                // The peer's Raft has stopped: back off as for an unreachable peer.
+                Ok(Err(fatal)) => Exchange::Failed(fatal.to_string()),
+                Ok(Ok(result)) => Exchange::Answered(result),
+            };
         }
     }
 }
@@ -381,7 +411,7 @@ impl PeerConnection {
         match tokio::time::timeout(ttl, call).await {
             Err(_) => Err(format!("no answer within {ttl:?}")),
             Ok(Err(status)) => Err(status.message().to_string()),
-            Ok(Ok(response)) => Ok(OpenAppendCall { requests, answers: response.into_inner() }),
+            Ok(Ok(response)) => Ok(OpenAppendCall { requests, answers: response.into_inner(), unanswered: 0 }),
         }
     }
 
@@ -393,33 +423,35 @@ impl PeerConnection {
     ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(rpc).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
         let request = self.peers.request(payload);
-        if let Some(mut call) = self.open_call.take() {
+        if let Some(call) = self.open_call.as_mut() {
             match call.exchange(request.clone(), ttl).await {
                 // Nothing was answered: resend on a new call below.
-                Exchange::Ended(_) => {}
-                exchange => return self.settle(call, exchange),
+                Exchange::Ended(_) => self.open_call = None,
+                exchange => return self.settle(exchange),
             }
         }
-        let mut call = self.open_append_call(ttl).await.map_err(|why| RPCError::Unreachable(self.unreachable(why)))?;
+        let call = self.open_append_call(ttl).await.map_err(|why| RPCError::Unreachable(self.unreachable(why)))?;
+        let call = self.open_call.insert(call);
         let exchange = call.exchange(request, ttl).await;
-        self.settle(call, exchange)
+        self.settle(exchange)
     }
 
-    /// A heartbeat's outcome; keeps `call` open for the next one only after an accepted answer (a
-    /// refusal is the peer's last answer on a call: it ends the stream).
-    fn settle(
-        &mut self,
-        call: OpenAppendCall,
-        exchange: Exchange,
-    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+    /// A heartbeat's outcome, given the call it went on is in `open_call`: the call stays open
+    /// after an accepted answer or a late one, and is dropped after a refusal (the peer's last
+    /// answer on a call: it ends the stream) or an unusable answer.
+    fn settle(&mut self, exchange: Exchange) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
         match exchange {
             Exchange::Answered(result) => {
-                if result.is_ok() {
-                    self.open_call = Some(call);
+                if result.is_err() {
+                    self.open_call = None;
                 }
                 Ok(result)
             }
-            Exchange::Ended(why) | Exchange::Failed(why) => Err(RPCError::Unreachable(self.unreachable(why))),
+            Exchange::Late(why) => Err(RPCError::Unreachable(self.unreachable(why))),
+            Exchange::Ended(why) | Exchange::Failed(why) => {
+                self.open_call = None;
+                Err(RPCError::Unreachable(self.unreachable(why)))
+            }
         }
     }
 }
