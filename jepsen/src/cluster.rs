@@ -29,6 +29,17 @@ use tonic::transport::Channel;
 
 use crate::JepsenError;
 
+/// Whether the members of a healed cluster hold the same state ([`Cluster::compare_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateComparison {
+    /// Every member's HashKV agrees at a revision all of them have applied.
+    Agree,
+    /// The hashes still differed when the bound ran out: the members' states have diverged.
+    Differ(String),
+    /// A member could not be asked; nothing is claimed.
+    Unknown(String),
+}
+
 /// How long a restarted member may take to answer before the harness gives up on it.
 const READY_BOUND: Duration = Duration::from_secs(60);
 
@@ -513,6 +524,64 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether every member holds the same key-value state, asked once the cluster is whole: each
+    /// member's HashKV at the lowest revision all of them have applied. Members apply at their own
+    /// pace (a compaction, which keeps the revision, may reach one member before another), so a
+    /// difference is reported only if it lasts until `bound`; a member that cannot be asked makes
+    /// the answer `Unknown`, not a finding.
+    pub async fn compare_state(&self, bound: Duration) -> StateComparison {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let outcome = self.hashes_at_common_revision().await;
+            match &outcome {
+                Ok((_, hashes)) if hashes.windows(2).all(|pair| pair[0].1 == pair[1].1) => {
+                    return StateComparison::Agree;
+                }
+                _ if tokio::time::Instant::now() < deadline => {}
+                Ok((revision, hashes)) => {
+                    let each: Vec<String> = hashes
+                        .iter()
+                        .map(|(name, (hash, compacted))| format!("{name} {hash:#010x} (compacted at {compacted})"))
+                        .collect();
+                    return StateComparison::Differ(format!(
+                        "the members' key-value state differs at revision {revision}: {}",
+                        each.join(", ")
+                    ));
+                }
+                Err(why) => return StateComparison::Unknown(why.clone()),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Every member's (HashKV hash, compact revision) at the lowest current revision among them.
+    #[allow(clippy::type_complexity)]
+    async fn hashes_at_common_revision(&self) -> Result<(i64, Vec<(String, (u32, i64))>), String> {
+        const CALL_BOUND: Duration = Duration::from_secs(5);
+        let mut clients = Vec::new();
+        let mut revision = i64::MAX;
+        for (i, member) in self.members.iter().enumerate() {
+            let mut client =
+                pb::maintenance_client::MaintenanceClient::new(self.channel(i).map_err(|e| e.to_string())?);
+            let status = tokio::time::timeout(CALL_BOUND, client.status(pb::StatusRequest {}))
+                .await
+                .map_err(|_| format!("{} gave no status within {CALL_BOUND:?}", member.name))?
+                .map_err(|status| format!("status of {}: {}", member.name, status.message()))?;
+            revision = revision.min(status.into_inner().header.map_or(0, |h| h.revision));
+            clients.push((member.name.clone(), client));
+        }
+        let mut hashes = Vec::new();
+        for (name, mut client) in clients {
+            let answer = tokio::time::timeout(CALL_BOUND, client.hash_kv(pb::HashKvRequest { revision }))
+                .await
+                .map_err(|_| format!("{name} gave no HashKV within {CALL_BOUND:?}"))?
+                .map_err(|status| format!("HashKV of {name} at revision {revision}: {}", status.message()))?
+                .into_inner();
+            hashes.push((name, (answer.hash, answer.compact_revision)));
+        }
+        Ok((revision, hashes))
     }
 
     /// SIGKILLs and reaps every member.

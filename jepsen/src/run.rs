@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::JepsenError;
 use crate::checker::{self, Anomaly, CheckResult, Validity};
-use crate::cluster::{Cluster, ClusterSpec};
+use crate::cluster::{Cluster, ClusterSpec, StateComparison};
 use crate::history::{History, Recorder};
 use crate::nemesis::{self, NemesisKind, Schedule};
 use crate::net::Firewall;
@@ -344,7 +344,11 @@ async fn exercise(options: &TestOptions, mut target: Target<'_>) -> Result<Exerc
             }
             tracing::info!("healing every member and waiting for recovery");
             let recovery = cluster.heal(options.recovery_timeout).await;
-            findings.push(cluster_result(&crashed, recovery.as_ref().err()));
+            let state = match recovery {
+                Ok(()) => cluster.compare_state(options.recovery_timeout).await,
+                Err(_) => StateComparison::Unknown("the cluster did not recover".into()),
+            };
+            findings.push(cluster_result(&crashed, recovery.as_ref().err(), &state));
             recovery
         }
         Target::External(_) => Ok(()),
@@ -364,8 +368,14 @@ async fn exercise(options: &TestOptions, mut target: Target<'_>) -> Result<Exerc
     Ok((recorder.history(), faults, interrupted, findings))
 }
 
-/// The `cluster` check: no member exited on its own, and the cluster recovered after healing.
-fn cluster_result(crashed: &[(String, String)], recovery: Option<&JepsenError>) -> CheckResult {
+/// The `cluster` check: no member exited on its own, the cluster recovered after healing, and its
+/// members then hold the same key-value state (a diverged member can hide from every history
+/// check when no client happens to read the keys it differs on).
+fn cluster_result(
+    crashed: &[(String, String)],
+    recovery: Option<&JepsenError>,
+    state: &StateComparison,
+) -> CheckResult {
     let mut anomalies = Vec::new();
     for (name, status) in crashed {
         anomalies.push(Anomaly {
@@ -381,15 +391,22 @@ fn cluster_result(crashed: &[(String, String)], recovery: Option<&JepsenError>) 
             ops: Vec::new(),
         });
     }
+    if let StateComparison::Differ(explanation) = state {
+        anomalies.push(Anomaly { kind: "diverged".into(), explanation: explanation.clone(), ops: Vec::new() });
+    }
     let mut stats = serde_json::Map::new();
     stats.insert("crashed_members".into(), json!(crashed.len()));
     stats.insert("recovered".into(), json!(recovery.is_none()));
-    CheckResult {
-        checker: "cluster".into(),
-        valid: if anomalies.is_empty() { Validity::Valid } else { Validity::Invalid },
-        anomalies,
-        stats,
+    stats.insert("same_state".into(), json!(*state == StateComparison::Agree));
+    if let StateComparison::Unknown(why) = state {
+        stats.insert("state_not_compared".into(), json!(why));
     }
+    let valid = match state {
+        _ if !anomalies.is_empty() => Validity::Invalid,
+        StateComparison::Unknown(_) if recovery.is_none() => Validity::Unknown,
+        _ => Validity::Valid,
+    };
+    CheckResult { checker: "cluster".into(), valid, anomalies, stats }
 }
 
 async fn interrupt() {
@@ -468,4 +485,24 @@ async fn finish(
     });
     std::fs::write(options.out.join("report.html"), page)?;
     Ok(TestOutcome { valid, results, ops, faults, interrupted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_whose_state_differs_after_healing_fail_the_cluster_check() {
+        let differ = StateComparison::Differ("n1 0x1 (compacted at 0), n2 0x2 (compacted at 0)".into());
+        let result = cluster_result(&[], None, &differ);
+        assert_eq!(result.valid, Validity::Invalid);
+        assert_eq!(result.anomalies.len(), 1);
+        assert_eq!(result.anomalies[0].kind, "diverged");
+        assert!(result.anomalies[0].explanation.contains("n2 0x2"));
+
+        assert_eq!(cluster_result(&[], None, &StateComparison::Agree).valid, Validity::Valid);
+        let unasked = cluster_result(&[], None, &StateComparison::Unknown("n3 gave no status".into()));
+        assert_eq!(unasked.valid, Validity::Unknown, "a comparison that could not be made claims nothing");
+        assert!(unasked.anomalies.is_empty());
+    }
 }
