@@ -4,7 +4,8 @@
 //! and the cluster's progress are untouched. Proposals a follower forwards in batches
 //! (`ProposeMany`) each get their own answer, and a foreign or malformed batch is refused. The
 //! leader's heartbeats, which confirm every linearizable read, travel on one call per follower
-//! kept open between them, and a call that a follower's restart ended is opened again.
+//! kept open between them, and a call that a follower's restart ended is opened again; a
+//! follower too slow to answer in time (paused past the heartbeat timeout) keeps its call.
 
 mod support;
 
@@ -165,4 +166,44 @@ async fn linearizable_reads_on_the_leader_reuse_one_heartbeat_call_per_follower(
     cluster.kill(other);
     let got = client.get("k", None).await.expect("a linearizable read confirmed by the restarted follower");
     assert_eq!(got.kvs()[0].value(), b"v");
+}
+
+/// A follower that stalls (SIGSTOP) longer than the heartbeat timeout leaves the leader's
+/// heartbeats to it unanswered in time; its answers arrive once it resumes and are skipped by the
+/// next heartbeat, so the call stays open instead of a new one being opened per late heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_answers_heartbeats_late_keeps_its_heartbeat_call() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let stalled = (0..3).find(|&i| i != leader).expect("a follower");
+    let mut client = cluster.client(leader).await;
+    client.put("k", "v", None).await.unwrap();
+    const CALLS: &str = "keel_peer_append_calls_total";
+    // Reads until the leader has heartbeated the follower on the call it keeps open.
+    for _ in 0..20 {
+        client.get("k", None).await.unwrap();
+    }
+    let before = cluster.metric(stalled, CALLS);
+
+    // Each stall is several heartbeat timeouts (100 ms) long; the other follower keeps the quorum,
+    // so reads go on meanwhile and every one of them sends the stalled follower a heartbeat.
+    const STALLS: usize = 5;
+    for _ in 0..STALLS {
+        cluster.process(stalled).signal("STOP");
+        let stall_ends = tokio::time::Instant::now() + std::time::Duration::from_millis(350);
+        while tokio::time::Instant::now() < stall_ends {
+            let got = client.get("k", None).await.expect("a read confirmed by the follower still running");
+            assert_eq!(got.kvs()[0].value(), b"v");
+        }
+        cluster.process(stalled).signal("CONT");
+        for _ in 0..20 {
+            client.get("k", None).await.unwrap();
+        }
+    }
+    let opened = cluster.metric(stalled, CALLS) - before;
+    assert!(
+        opened < STALLS as f64,
+        "member {stalled} accepted {opened} StreamAppend calls over {STALLS} stalls: late heartbeat answers \
+         should be skipped on the call kept open"
+    );
 }
