@@ -40,6 +40,20 @@ pub enum StateComparison {
     Unknown(String),
 }
 
+/// One member's HashKV answer ([`Cluster::compare_state`]).
+struct MemberHash {
+    name: String,
+    hash: u32,
+    compact_revision: i64,
+}
+
+impl MemberHash {
+    /// What must agree across members: the hash, over the same compacted history.
+    fn state(&self) -> (u32, i64) {
+        (self.hash, self.compact_revision)
+    }
+}
+
 /// How long a restarted member may take to answer before the harness gives up on it.
 const READY_BOUND: Duration = Duration::from_secs(60);
 
@@ -536,14 +550,14 @@ impl Cluster {
         loop {
             let outcome = self.hashes_at_common_revision().await;
             match &outcome {
-                Ok((_, hashes)) if hashes.windows(2).all(|pair| pair[0].1 == pair[1].1) => {
+                Ok((_, hashes)) if hashes.windows(2).all(|pair| pair[0].state() == pair[1].state()) => {
                     return StateComparison::Agree;
                 }
                 _ if tokio::time::Instant::now() < deadline => {}
                 Ok((revision, hashes)) => {
                     let each: Vec<String> = hashes
                         .iter()
-                        .map(|(name, (hash, compacted))| format!("{name} {hash:#010x} (compacted at {compacted})"))
+                        .map(|m| format!("{} {:#010x} (compacted at {})", m.name, m.hash, m.compact_revision))
                         .collect();
                     return StateComparison::Differ(format!(
                         "the members' key-value state differs at revision {revision}: {}",
@@ -556,9 +570,8 @@ impl Cluster {
         }
     }
 
-    /// Every member's (HashKV hash, compact revision) at the lowest current revision among them.
-    #[allow(clippy::type_complexity)]
-    async fn hashes_at_common_revision(&self) -> Result<(i64, Vec<(String, (u32, i64))>), String> {
+    /// Every member's HashKV at the lowest current revision among them, and that revision.
+    async fn hashes_at_common_revision(&self) -> Result<(i64, Vec<MemberHash>), String> {
         const CALL_BOUND: Duration = Duration::from_secs(5);
         let mut clients = Vec::new();
         let mut revision = i64::MAX;
@@ -569,7 +582,9 @@ impl Cluster {
                 .await
                 .map_err(|_| format!("{} gave no status within {CALL_BOUND:?}", member.name))?
                 .map_err(|status| format!("status of {}: {}", member.name, status.message()))?;
-            revision = revision.min(status.into_inner().header.map_or(0, |h| h.revision));
+            // Revision 0 would ask HashKV for each member's own latest state, which need not agree.
+            let current = status.into_inner().header.map(|h| h.revision).filter(|&r| r > 0);
+            revision = revision.min(current.ok_or_else(|| format!("{}'s status names no revision", member.name))?);
             clients.push((member.name.clone(), client));
         }
         let mut hashes = Vec::new();
@@ -579,7 +594,7 @@ impl Cluster {
                 .map_err(|_| format!("{name} gave no HashKV within {CALL_BOUND:?}"))?
                 .map_err(|status| format!("HashKV of {name} at revision {revision}: {}", status.message()))?
                 .into_inner();
-            hashes.push((name, (answer.hash, answer.compact_revision)));
+            hashes.push(MemberHash { name, hash: answer.hash, compact_revision: answer.compact_revision });
         }
         Ok((revision, hashes))
     }
