@@ -109,8 +109,11 @@ fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
         stats["watches_checked"].as_u64().unwrap() >= 5,
         "watch streams were checked: {stats}\nreproduce with: {again}"
     );
+    // A floor against a run where nothing was watched, not a speed target: every leader killed and
+    // restarted is replaced by an election (1-2 s without writes), so a slow machine under a
+    // leader-heavy schedule delivers far fewer events than the 400-600 of a normal run.
     assert!(
-        stats["events_received"].as_u64().unwrap() >= 100,
+        stats["events_received"].as_u64().unwrap() >= 50,
         "events were delivered: {stats}\nreproduce with: {again}"
     );
     assert_no_firewall_chains_left();
