@@ -73,7 +73,8 @@ pub struct Held {
 /// Locks and elections, served by one member.
 ///
 /// Concurrency: the two semaphores only count permits; every wait runs in its caller's task (a
-/// gRPC handler, dropped when the client goes away) and owns its hub stream.
+/// gRPC handler, dropped when the client goes away) and owns its hub stream. Only a waiter's
+/// enqueue put runs in a task of its own, so a dropped caller cannot leave its key behind.
 #[derive(Clone, Debug)]
 pub struct Coordinator {
     member: Arc<Member>,
@@ -227,14 +228,29 @@ impl Coordinator {
         }
         let _permit = self.waiter_permit()?;
         let key = key_for(prefix, lease);
-        let own = self.enqueue(caller, &key, lease, value, update_value).await?;
-        let guard = AbandonGuard {
-            member: self.member.clone(),
-            caller: caller.map(str::to_string),
-            key: own.key.clone(),
-            create_revision: own.create_revision,
-            armed: true,
-        };
+        // The enqueue runs in its own task and hands its key back together with the guard that
+        // removes it: a caller dropped while the put is in flight (client gone, grpc-timeout) would
+        // otherwise leave its key queued, blocking every waiter behind it, until its lease expires.
+        // Once the caller has gone, handing back fails and the returned guard, dropped, removes it.
+        let (handed, taken) = tokio::sync::oneshot::channel();
+        let (this, enqueued_key, value) = (self.clone(), key.clone(), value.to_vec());
+        let owner = caller.map(str::to_string);
+        tokio::spawn(async move {
+            let enqueued = this.enqueue(owner.as_deref(), &enqueued_key, lease, &value, update_value).await;
+            let enqueued = enqueued.map(|own| {
+                let guard = AbandonGuard {
+                    member: this.member.clone(),
+                    caller: owner,
+                    key: own.key.clone(),
+                    create_revision: own.create_revision,
+                    armed: true,
+                };
+                (own, guard)
+            });
+            // A failed hand-back returns the value, whose guard is dropped here: the key is removed.
+            let _ = handed.send(enqueued);
+        });
+        let (own, guard) = taken.await.map_err(|_| StoreError::Stopped)??;
         match self.wait_for_turn(caller, prefix, &own).await {
             Ok(granted_at) => {
                 guard.disarm();
