@@ -5,7 +5,8 @@
 //! (`ProposeMany`) each get their own answer, and a foreign or malformed batch is refused. The
 //! leader's heartbeats, which confirm every linearizable read, travel on one call per follower
 //! kept open between them, and a call that a follower's restart ended is opened again; a
-//! follower too slow to answer in time (paused past the heartbeat timeout) keeps its call.
+//! follower too slow to answer in time (paused past the heartbeat timeout) keeps its call. A dead
+//! member is dialled about once per heartbeat interval, not in a busy loop.
 
 mod support;
 
@@ -206,4 +207,35 @@ async fn a_follower_that_answers_heartbeats_late_keeps_its_heartbeat_call() {
         "member {stalled} accepted {opened} StreamAppend calls over {STALLS} stalls: late heartbeat answers \
          should be skipped on the call kept open"
     );
+}
+
+/// A leader dials a dead member's peer URL about once per heartbeat interval, not as fast as it
+/// can: openraft backs off only while producing an append request, which a call that cannot
+/// connect never asks for, and redialling in a busy loop starved the live members of a loaded
+/// two-core machine (writes stalled after a leader kill). Here the dead member's peer port
+/// accepts each connection and closes it at once, counting them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_dials_a_dead_member_about_once_per_heartbeat_interval() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let dead = (leader + 1) % 3;
+    cluster.kill(dead);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cluster.peer_ports[dead]))
+        .await
+        .expect("the dead member's peer port is free again");
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+    let window_ends = tokio::time::Instant::now() + WINDOW;
+    let mut dials = 0u32;
+    while let Ok(Ok((connection, _))) = tokio::time::timeout_at(window_ends, listener.accept()).await {
+        dials += 1;
+        drop(connection);
+    }
+    eprintln!("the leader dialled the dead member {dials} times in {WINDOW:?}");
+    // Replication and heartbeats each dial at most once per 100 ms heartbeat interval (TIMING):
+    // 60 over the window, allowed half as many again; a slower machine dials less, never more.
+    assert!(dials > 0, "the leader never probed the dead member");
+    assert!(dials <= 90, "the leader dialled the dead member {dials} times in {WINDOW:?}");
+    // The survivors still make progress.
+    let mut client = cluster.client(leader).await;
+    client.put("after", "1", None).await.expect("a write with one member dead");
 }

@@ -3,7 +3,10 @@
 //! Channels are created lazily per peer URL and cached ([`Peers`]); a failed connection is retried
 //! by the next call. Every call is bounded by a timeout. A transport failure is reported to openraft
 //! as `Unreachable` (it backs off and retries); a forwarded request distinguishes "never sent" (safe
-//! to retry) from "outcome unknown" (not retried: a write may have been applied).
+//! to retry) from "outcome unknown" (not retried: a write may have been applied). Invariant: a
+//! peer that cannot be reached is dialled at most once per RPC timeout by each of openraft's
+//! connections to it, including the replication connection, whose failed openings openraft itself
+//! would retry at once.
 //!
 //! Replication uses one `StreamAppend` call per openraft stream session: requests are pipelined
 //! (openraft bounds how many are in flight) and answered in order; the oldest unanswered request
@@ -275,6 +278,9 @@ impl PeerNetwork {
     }
 }
 
+/// The answers of a pipelined `StreamAppend` call, as openraft reads them; an error is the last.
+type AppendAnswerStream = BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
 /// How many heartbeats a call kept open may have sent without their answers arriving before it is
 /// given up for a new one: a bound on the answers a later heartbeat may have to skip.
 const MAX_UNANSWERED_HEARTBEATS: usize = 8;
@@ -291,6 +297,13 @@ pub struct PeerConnection {
     /// whose future is dropped leaves the call, and the count of answers still owed on it, for
     /// the next one (module invariant).
     open_call: Option<OpenAppendCall>,
+    /// When opening a replication call to this peer last failed, if it did; the next opening waits
+    /// until one RPC timeout after it. openraft backs off only while producing a request, which a
+    /// call that cannot even connect never asks for, so without this wait a leader redials a dead
+    /// peer as fast as its core reschedules replication: a busy loop that starved the live
+    /// members of a loaded two-core machine. A dead peer is thus dialled once per heartbeat
+    /// interval, as etcd probes one.
+    open_failed_at: Option<tokio::time::Instant>,
 }
 
 /// A `StreamAppend` call kept open for heartbeats: requests go in through `requests`, answers come
@@ -365,11 +378,25 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, node: node.clone(), heartbeats: false, open_call: None }
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+            heartbeats: false,
+            open_call: None,
+            open_failed_at: None,
+        }
     }
 
     async fn new_heartbeat_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, node: node.clone(), heartbeats: true, open_call: None }
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+            heartbeats: true,
+            open_call: None,
+            open_failed_at: None,
+        }
     }
 }
 
@@ -413,6 +440,45 @@ impl PeerConnection {
             Ok(Err(status)) => Err(status.message().to_string()),
             Ok(Ok(response)) => Ok(OpenAppendCall { requests, answers: response.into_inner(), unanswered: 0 }),
         }
+    }
+
+    /// Opens a pipelined `StreamAppend` call carrying `input`, each request sent as openraft
+    /// produces it; the stream of the peer's answers, in order.
+    async fn open_append_stream<S>(&self, input: S, ttl: Duration) -> Result<AppendAnswerStream, RPCError<TypeConfig>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let url = first_url(&self.node).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?.to_string();
+        let mut client = self.peers.client(&url).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
+        let pipeline = Arc::new(Mutex::new(AppendPipeline::default()));
+        let cluster_id = self.peers.cluster_id.load(Ordering::Relaxed);
+        let requests = futures::stream::unfold((input, pipeline.clone()), move |(mut input, pipeline)| async move {
+            let rpc = input.next().await?;
+            match encode(&rpc) {
+                Ok(payload) => {
+                    lock(&pipeline).unanswered.push_back(Instant::now());
+                    Some((PeerRequest { version: PROTOCOL_VERSION, cluster_id, payload }, (input, pipeline)))
+                }
+                Err(err) => {
+                    lock(&pipeline).failure = Some(format!("encoding an append request: {err}"));
+                    None
+                }
+            }
+        });
+        let answers = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+            Err(_) => return Err(RPCError::Unreachable(self.unreachable(format!("no answer within {ttl:?}")))),
+            Ok(Err(status)) => return Err(RPCError::Unreachable(self.unreachable(status.message()))),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let state = AppendAnswers { answers, pipeline, ttl, peer: format!("member {:x} ({})", self.target, self.node) };
+        let answers = futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            let answer = state.next().await?;
+            // An error, or a refusal from the peer's Raft, is the stream's last item.
+            let more = matches!(answer, Ok(Ok(_)));
+            Some((answer, more.then_some(state)))
+        });
+        Ok(Box::pin(answers))
     }
 
     /// One heartbeat on the call kept open, or on a new call when there is none or it had ended.
@@ -521,7 +587,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 
     /// Pipelined replication over one `StreamAppend` call: each request is sent as openraft
     /// produces it, without waiting for the answers to those before it (the peer answers in
-    /// order). The stream ends at the first error; openraft then backs off and opens another.
+    /// order). The stream ends at the first error; openraft then backs off and opens another. A
+    /// call that could not be opened delays the next opening (`open_failed_at`).
     /// A heartbeat connection instead sends on the call it keeps open (module docs).
     fn stream_append<'s, S>(
         &'s mut self,
@@ -552,40 +619,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             });
         }
         Box::pin(async move {
-            let url = first_url(&self.node).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?.to_string();
-            let mut client = self.peers.client(&url).map_err(|e| RPCError::Unreachable(self.unreachable(e)))?;
             let ttl = option.hard_ttl();
-            let pipeline = Arc::new(Mutex::new(AppendPipeline::default()));
-            let cluster_id = self.peers.cluster_id.load(Ordering::Relaxed);
-            let requests =
-                futures::stream::unfold((input, pipeline.clone()), move |(mut input, pipeline)| async move {
-                    let rpc = input.next().await?;
-                    match encode(&rpc) {
-                        Ok(payload) => {
-                            lock(&pipeline).unanswered.push_back(Instant::now());
-                            Some((PeerRequest { version: PROTOCOL_VERSION, cluster_id, payload }, (input, pipeline)))
-                        }
-                        Err(err) => {
-                            lock(&pipeline).failure = Some(format!("encoding an append request: {err}"));
-                            None
-                        }
-                    }
-                });
-            let answers = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
-                Err(_) => return Err(RPCError::Unreachable(self.unreachable(format!("no answer within {ttl:?}")))),
-                Ok(Err(status)) => return Err(RPCError::Unreachable(self.unreachable(status.message()))),
-                Ok(Ok(response)) => response.into_inner(),
-            };
-            let state =
-                AppendAnswers { answers, pipeline, ttl, peer: format!("member {:x} ({})", self.target, self.node) };
-            let answers = futures::stream::unfold(Some(state), |state| async move {
-                let mut state = state?;
-                let answer = state.next().await?;
-                // An error, or a refusal from the peer's Raft, is the stream's last item.
-                let more = matches!(answer, Ok(Ok(_)));
-                Some((answer, more.then_some(state)))
-            });
-            Ok(Box::pin(answers) as BoxStream<'s, _>)
+            if let Some(failed_at) = self.open_failed_at.take() {
+                tokio::time::sleep_until(failed_at + ttl).await;
+            }
+            let opened = self.open_append_stream(input, ttl).await;
+            if opened.is_err() {
+                self.open_failed_at = Some(tokio::time::Instant::now());
+            }
+            opened.map(|answers| answers as BoxStream<'s, _>)
         })
     }
 
