@@ -233,10 +233,10 @@ impl Coordinator {
         // otherwise leave its key queued, blocking every waiter behind it, until its lease expires.
         // Once the caller has gone, handing back fails and the returned guard, dropped, removes it.
         let (handed, taken) = tokio::sync::oneshot::channel();
-        let (this, enqueued_key, value) = (self.clone(), key.clone(), value.to_vec());
+        let (this, value) = (self.clone(), value.to_vec());
         let owner = caller.map(str::to_string);
         tokio::spawn(async move {
-            let enqueued = this.enqueue(owner.as_deref(), &enqueued_key, lease, &value, update_value).await;
+            let enqueued = this.enqueue(owner.as_deref(), &key, lease, &value, update_value).await;
             let enqueued = enqueued.map(|own| {
                 let guard = AbandonGuard {
                     member: this.member.clone(),
@@ -254,7 +254,7 @@ impl Coordinator {
         match self.wait_for_turn(caller, prefix, &own).await {
             Ok(granted_at) => {
                 guard.disarm();
-                Ok(Held { key, create_revision: own.create_revision, granted_at })
+                Ok(Held { key: own.key, create_revision: own.create_revision, granted_at })
             }
             Err(StoreError::SessionExpired) => {
                 // The key is gone already; nothing to clean up.
