@@ -397,10 +397,13 @@ fn cluster_result(
     let mut stats = serde_json::Map::new();
     stats.insert("crashed_members".into(), json!(crashed.len()));
     stats.insert("recovered".into(), json!(recovery.is_none()));
-    stats.insert("same_state".into(), json!(*state == StateComparison::Agree));
-    if let StateComparison::Unknown(why) = state {
-        stats.insert("state_not_compared".into(), json!(why));
-    }
+    // `same_state` only when the states were compared: a cluster that never recovered was not
+    // found to differ, and saying `false` would claim it was.
+    match state {
+        StateComparison::Agree => stats.insert("same_state".into(), json!(true)),
+        StateComparison::Differ(_) => stats.insert("same_state".into(), json!(false)),
+        StateComparison::Unknown(why) => stats.insert("state_not_compared".into(), json!(why)),
+    };
     let valid = match state {
         _ if !anomalies.is_empty() => Validity::Invalid,
         StateComparison::Unknown(_) if recovery.is_none() => Validity::Unknown,
@@ -504,5 +507,7 @@ mod tests {
         let unasked = cluster_result(&[], None, &StateComparison::Unknown("n3 gave no status".into()));
         assert_eq!(unasked.valid, Validity::Unknown, "a comparison that could not be made claims nothing");
         assert!(unasked.anomalies.is_empty());
+        assert!(unasked.stats.get("same_state").is_none(), "no comparison, so no claim either way");
+        assert_eq!(result.stats["same_state"], json!(false));
     }
 }
