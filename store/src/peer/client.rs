@@ -297,13 +297,14 @@ pub struct PeerConnection {
     /// whose future is dropped leaves the call, and the count of answers still owed on it, for
     /// the next one (module invariant).
     open_call: Option<OpenAppendCall>,
-    /// When opening a replication call to this peer last failed, if it did; the next opening waits
-    /// until one RPC timeout after it. openraft backs off only while producing a request, which a
-    /// call that cannot even connect never asks for, so without this wait a leader redials a dead
-    /// peer as fast as its core reschedules replication: a busy loop that starved the live
+    /// After a failed opening of a replication call to this peer, when the next may start: one RPC
+    /// timeout after the failed one started. openraft backs off only while producing a request,
+    /// which a call that cannot even connect never asks for, so without this wait a leader redials
+    /// a dead peer as fast as its core reschedules replication: a busy loop that starved the live
     /// members of a loaded two-core machine. A dead peer is thus dialled once per heartbeat
-    /// interval, as etcd probes one.
-    open_failed_at: Option<tokio::time::Instant>,
+    /// interval, as etcd probes one, while an opening that failed by timing out (a slow peer or
+    /// machine) is retried at once.
+    next_opening_at: Option<tokio::time::Instant>,
 }
 
 /// A `StreamAppend` call kept open for heartbeats: requests go in through `requests`, answers come
@@ -384,7 +385,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             node: node.clone(),
             heartbeats: false,
             open_call: None,
-            open_failed_at: None,
+            next_opening_at: None,
         }
     }
 
@@ -395,7 +396,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             node: node.clone(),
             heartbeats: true,
             open_call: None,
-            open_failed_at: None,
+            next_opening_at: None,
         }
     }
 }
@@ -588,7 +589,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     /// Pipelined replication over one `StreamAppend` call: each request is sent as openraft
     /// produces it, without waiting for the answers to those before it (the peer answers in
     /// order). The stream ends at the first error; openraft then backs off and opens another. A
-    /// call that could not be opened delays the next opening (`open_failed_at`).
+    /// call that could not be opened delays the next opening (`next_opening_at`).
     /// A heartbeat connection instead sends on the call it keeps open (module docs).
     fn stream_append<'s, S>(
         &'s mut self,
@@ -620,12 +621,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         }
         Box::pin(async move {
             let ttl = option.hard_ttl();
-            if let Some(failed_at) = self.open_failed_at.take() {
-                tokio::time::sleep_until(failed_at + ttl).await;
+            if let Some(next_opening_at) = self.next_opening_at.take() {
+                tokio::time::sleep_until(next_opening_at).await;
             }
+            let started = tokio::time::Instant::now();
             let opened = self.open_append_stream(input, ttl).await;
             if opened.is_err() {
-                self.open_failed_at = Some(tokio::time::Instant::now());
+                self.next_opening_at = Some(started + ttl);
             }
             opened.map(|answers| answers as BoxStream<'s, _>)
         })
