@@ -11,6 +11,9 @@
 //! million distinct keys, then each member's resident memory and data directory size). Those
 //! sizes go into a second table, as means per member.
 //!
+//! Before each store's run of a line, both stores are left to fall quiet (at most a minute), so
+//! neither is measured while either one still compacts what the line before wrote.
+//!
 //! Invariants: every process it starts is its child, killed (and reaped) when the comparison ends
 //! or fails; data lives in a temporary directory removed at the end; each suite line is bounded by
 //! its own `--total`; nothing but loopback addresses is contacted.
@@ -147,6 +150,17 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// CPU time the members have used so far, in clock ticks (user + system, from `/proc`).
+    fn cpu_ticks(&self) -> Result<u64> {
+        let mut total = 0;
+        for child in &self.children {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                .with_context(|| format!("reading the CPU use of member process {}", child.id()))?;
+            total += stat_cpu_ticks(&stat).with_context(|| format!("parsing /proc/{}/stat", child.id()))?;
+        }
+        Ok(total)
+    }
+
     /// Mean resident memory of the members, in bytes (VmRSS from `/proc`).
     fn mean_rss(&self) -> Result<u64> {
         let mut total = 0;
@@ -208,6 +222,24 @@ impl Cluster {
     }
 }
 
+/// User plus system time (fields 14 and 15) from a `/proc/<pid>/stat` line. The command name in
+/// field 2 may hold spaces and parentheses, so fields are counted after its closing parenthesis.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
+/// Longest wait for both stores to fall quiet before a suite line.
+const QUIET_BOUND: Duration = Duration::from_secs(60);
+
+/// Quiet: the members of both stores used at most this many clock ticks (1/100 s on Linux) per
+/// member in one second, 5 % of a core each. Idle members (heartbeats, timers) use 0.5–2.5; a
+/// store still compacting what the previous line wrote uses a whole core.
+const QUIET_TICKS_PER_MEMBER_SECOND: u64 = 5;
+
 /// An etcd cluster and a Keel cluster of the same size, started for one scenario.
 struct Pair {
     etcd: Cluster,
@@ -224,15 +256,45 @@ impl Pair {
         Ok(Self { etcd, keel })
     }
 
+    /// Waits (at most [`QUIET_BOUND`]) until neither store is busy with background work left
+    /// over from the line before (etcd's and RocksDB's compactions, snapshots), so that neither
+    /// store's next line shares the cores with either store's leftovers. Gives up quietly: a
+    /// store that never falls quiet is still measured, and the wait is reported.
+    async fn settle(&self) -> Result<()> {
+        let started = Instant::now();
+        let ticks = || -> Result<u64> { Ok(self.etcd.cpu_ticks()? + self.keel.cpu_ticks()?) };
+        let quiet = QUIET_TICKS_PER_MEMBER_SECOND * (self.etcd.children.len() + self.keel.children.len()) as u64;
+        let mut before = ticks()?;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = ticks()?;
+            let used = now.saturating_sub(before);
+            if used <= quiet {
+                if started.elapsed() > Duration::from_secs(2) {
+                    eprintln!("   (the stores fell quiet after {:.0} s)", started.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            if started.elapsed() >= QUIET_BOUND {
+                eprintln!("   (the stores were still busy after {QUIET_BOUND:?}: {used} ticks in the last second)");
+                return Ok(());
+            }
+            before = now;
+        }
+    }
+
     /// Runs each line against both stores, alternating which goes first so that drift in the
-    /// machine's load hits both alike; returns the table rows.
+    /// machine's load hits both alike, and letting both fall quiet before each store's run;
+    /// returns the table rows.
     async fn run_lines(&self, lines: &[&(&str, &str)], size: usize, bound: Duration) -> Result<Vec<String>> {
         let mut rows = Vec::with_capacity(lines.len());
         for (n, (label, line)) in lines.iter().enumerate() {
             let (first, second) = if n % 2 == 0 { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
             eprintln!("-- {label}");
+            self.settle().await?;
             let a =
                 run_line_within(bound, line, &first.leader_first().await?).await.with_context(|| label.to_string())?;
+            self.settle().await?;
             let b =
                 run_line_within(bound, line, &second.leader_first().await?).await.with_context(|| label.to_string())?;
             let (etcd_report, keel_report) = if n % 2 == 0 { (a, b) } else { (b, a) };
@@ -545,4 +607,17 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
     out.write_all(section.as_bytes())?;
     println!("{section}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (keel (m0) x) S 1 4242 4242 0 -1 4194560 905 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(stat_cpu_ticks("4242 (keel) S 1"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
 }
