@@ -11,6 +11,9 @@
 //! million distinct keys, then each member's resident memory and data directory size). Those
 //! sizes go into a second table, as means per member.
 //!
+//! Each suite line runs `--rounds` times (3 by default) against each store, the order
+//! alternating from round to round, and the table shows each store's run with the median rate:
+//! on a shared two-core machine one run of a line swings by more than builds differ.
 //! Before each store's run of a line, both stores are left to fall quiet (at most a minute), so
 //! neither is measured while either one still compacts what the line before wrote.
 //!
@@ -107,6 +110,10 @@ pub struct CompareArgs {
     /// labels does: "100k revisions", "1M keys", "on-disk size").
     #[arg(long)]
     only: Option<String>,
+    /// Runs of each suite line against each store (alternating which goes first); the table
+    /// shows each store's run with the median rate. The scenarios' fills run once.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    rounds: u8,
     /// Where the Markdown results go (appended).
     #[arg(long, default_value = "bench/RESULTS.md")]
     out: PathBuf,
@@ -283,22 +290,39 @@ impl Pair {
         }
     }
 
-    /// Runs each line against both stores, alternating which goes first so that drift in the
-    /// machine's load hits both alike, and letting both fall quiet before each store's run;
-    /// returns the table rows.
-    async fn run_lines(&self, lines: &[&(&str, &str)], size: usize, bound: Duration) -> Result<Vec<String>> {
+    /// Runs each line `rounds` times against both stores, alternating which goes first so that
+    /// drift in the machine's load hits both alike, and letting both fall quiet before each
+    /// store's run; each row shows each store's run with the median rate. Returns the rows.
+    async fn run_lines(
+        &self,
+        lines: &[&(&str, &str)],
+        size: usize,
+        bound: Duration,
+        rounds: usize,
+    ) -> Result<Vec<String>> {
         let mut rows = Vec::with_capacity(lines.len());
         for (n, (label, line)) in lines.iter().enumerate() {
-            let (first, second) = if n % 2 == 0 { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
             eprintln!("-- {label}");
-            self.settle().await?;
-            let a =
-                run_line_within(bound, line, &first.leader_first().await?).await.with_context(|| label.to_string())?;
-            self.settle().await?;
-            let b =
-                run_line_within(bound, line, &second.leader_first().await?).await.with_context(|| label.to_string())?;
-            let (etcd_report, keel_report) = if n % 2 == 0 { (a, b) } else { (b, a) };
-            let row = row(label, size, &etcd_report, &keel_report);
+            let (mut etcd_runs, mut keel_runs) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+            for round in 0..rounds {
+                let etcd_first = (n + round) % 2 == 0;
+                let (first, second) = if etcd_first { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
+                self.settle().await?;
+                let a = run_line_within(bound, line, &first.leader_first().await?)
+                    .await
+                    .with_context(|| label.to_string())?;
+                self.settle().await?;
+                let b = run_line_within(bound, line, &second.leader_first().await?)
+                    .await
+                    .with_context(|| label.to_string())?;
+                let (etcd_report, keel_report) = if etcd_first { (a, b) } else { (b, a) };
+                if rounds > 1 {
+                    eprintln!("   round {}: {}", round + 1, row(label, size, &etcd_report, &keel_report));
+                }
+                etcd_runs.push(etcd_report);
+                keel_runs.push(keel_report);
+            }
+            let row = row(label, size, &median_run(etcd_runs), &median_run(keel_runs));
             eprintln!("{row}");
             rows.push(row);
         }
@@ -468,6 +492,12 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Of several runs of one line against one store (at least one), the run with the median rate.
+fn median_run(mut runs: Vec<Report>) -> Report {
+    runs.sort_by(|a, b| a.qps().total_cmp(&b.qps()));
+    runs.swap_remove(runs.len() / 2)
+}
+
 /// One table row from the two reports.
 fn row(label: &str, size: usize, etcd: &Report, keel: &Report) -> String {
     let p99 = |r: &Report| r.latency(0.99);
@@ -503,6 +533,7 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
         Some(keel) => keel.clone(),
         None => std::env::current_exe().context("locating this keel binary")?,
     };
+    let rounds = usize::from(args.rounds);
     let scratch = Scratch::new()?;
     let (fsync, round_trip) = floor(scratch.path())?;
     let mut table = vec![
@@ -523,15 +554,15 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
         let dir = scratch.path().join(format!("{size}"));
         if !lines.is_empty() {
             let pair = Pair::start(&args.etcd, &keel, size, &dir.join("suite")).await?;
-            table.extend(pair.run_lines(&lines, size, LINE_BOUND).await?);
+            table.extend(pair.run_lines(&lines, size, LINE_BOUND, rounds).await?);
         }
         if history {
             // Fresh clusters, so the history is exactly the fill's and nothing else's.
             let pair = Pair::start(&args.etcd, &keel, size, &dir.join("history")).await?;
-            table.extend(pair.run_lines(&[&HISTORY_FILL], size, FILL_BOUND).await?);
+            table.extend(pair.run_lines(&[&HISTORY_FILL], size, FILL_BOUND, 1).await?);
             tokio::time::sleep(SETTLE).await;
             let reads: Vec<&(&str, &str)> = HISTORY_SUITE.iter().collect();
-            table.extend(pair.run_lines(&reads, size, LINE_BOUND).await?);
+            table.extend(pair.run_lines(&reads, size, LINE_BOUND, rounds).await?);
             footprint.push(pair.footprint_row(DISK_HISTORY, size, Cluster::mean_disk)?);
             eprintln!("-- compacting both stores at their current revision");
             pair.etcd.compact_all().await.context("etcd")?;
@@ -546,7 +577,7 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
         }
         if million {
             let pair = Pair::start(&args.etcd, &keel, size, &dir.join("million")).await?;
-            table.extend(pair.run_lines(&[&MILLION_KEYS_FILL], size, FILL_BOUND).await?);
+            table.extend(pair.run_lines(&[&MILLION_KEYS_FILL], size, FILL_BOUND, 1).await?);
             tokio::time::sleep(SETTLE).await;
             footprint.push(pair.footprint_row(MEMORY_MILLION, size, Cluster::mean_rss)?);
             footprint.push(pair.footprint_row(DISK_MILLION, size, Cluster::mean_disk)?);
@@ -587,7 +618,8 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
     };
     let mut section = format!(
         "\n## {date}, commit {commit}\n\n{cores} cores ({cpu}); {etcd_version}; {build}; both on loopback, \
-         fsync on every commit, members and load generator on the same machine. Floor for one durable \
+         fsync on every commit, members and load generator on the same machine; each line shows each \
+         store's median-rate run of {rounds} (the fills: one). Floor for one durable \
          write: {} (256-byte append + fdatasync) + {} (loopback round trip).\n\n",
         ms(fsync),
         ms(round_trip)
@@ -611,7 +643,19 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::stat_cpu_ticks;
+    use std::time::Duration;
+
+    use super::{Report, median_run, stat_cpu_ticks};
+
+    #[test]
+    fn the_median_run_is_the_one_with_the_middle_rate() {
+        let run = |requests: usize| {
+            Report::new(vec![Duration::from_millis(1); requests], 0, None, Duration::from_secs(1)).unwrap()
+        };
+        assert_eq!(median_run(vec![run(30), run(10), run(20)]).requests(), 20);
+        assert_eq!(median_run(vec![run(7)]).requests(), 7);
+        assert_eq!(median_run(vec![run(5), run(9)]).requests(), 9);
+    }
 
     #[test]
     fn cpu_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
