@@ -230,7 +230,10 @@ fn init_logging(level: LogLevel) {
         LogLevel::Error => "error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| filter.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour codes only for a terminal: a log redirected to a file (a service manager's, a test's)
+    // stays plain text that grep and a failing test's report can show as it is.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn store_config(args: &StoreArgs) -> StoreConfig {

@@ -28,6 +28,7 @@ async fn metrics_endpoint_serves_prometheus_text() {
     let wanted = [
         "keel_grpc_requests_total{method=\"Put\",code=\"OK\"} 1",
         "keel_grpc_request_duration_seconds_bucket{method=\"Range\"",
+        "keel_disk_wal_fsync_duration_seconds_bucket",
         "keel_raft_term 1",
         "keel_raft_applied_index",
         "keel_raft_apply_lag_entries",

@@ -159,6 +159,12 @@ async fn observe<T>(method: &'static str, handler: impl Future<Output = Result<T
     let result = handler.await;
     let elapsed = start.elapsed().as_secs_f64();
     if let Err(status) = &result {
+        // A request that timed out or found no leader is the client's only sign of a stalled
+        // member; the member says which request and after how long, next to its own warnings
+        // (slow fdatasync, slow apply) that usually explain it.
+        if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
+            tracing::warn!(method, took_seconds = elapsed, error = status.message(), "request failed");
+        }
         let code = format!("{:?}", status.code());
         metrics::counter!("keel_grpc_requests_total", "method" => method, "code" => code).increment(1);
     }

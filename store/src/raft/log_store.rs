@@ -29,6 +29,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -203,13 +204,23 @@ impl LogStore {
     }
 }
 
+/// A WAL sync slower than this is logged, as etcd logs a "slow fdatasync": a disk this slow delays
+/// every write by as much, and requests that wait for it start timing out.
+const SLOW_SYNC: Duration = Duration::from_secs(1);
+
 fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
+        let started = Instant::now();
         let result = backend.flush_wal().map_err(|err| err.to_string());
+        let took = started.elapsed();
+        metrics::histogram!("keel_disk_wal_fsync_duration_seconds").record(took.as_secs_f64());
+        if took > SLOW_SYNC {
+            tracing::warn!(took = ?took, expected = ?SLOW_SYNC, appends = pending.len(), "slow fdatasync");
+        }
         for callback in pending {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }

@@ -551,6 +551,10 @@ fn lease_refusal(err: LeaseError) -> io::Result<StoreError> {
 /// Bytes per batch while streaming a snapshot into the backend.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
+/// One apply call (a run of committed entries) slower than this is logged, as etcd logs an apply
+/// that "took too long": every request waiting on those entries waits as long.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Replaces the state-machine column families with a snapshot's contents, crash-safely.
 fn replace_data(backend: &dyn Backend, path: &Path) -> io::Result<()> {
     let meta = snapshot::verify(path)?;
@@ -627,8 +631,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let started = std::time::Instant::now();
+        let mut applied = 0_usize;
         let mut staged: Option<StagedRun> = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            applied += 1;
             let log_id = entry.log_id;
             if let EntryPayload::Normal(Command::Put(req)) = &entry.payload
                 && self.core.may_stage(staged.as_ref())
@@ -667,6 +674,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if let Some(run) = staged.take() {
             self.core.commit_staged(run)?;
+        }
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            tracing::warn!(took = ?took, expected = ?SLOW_APPLY, entries = applied, "applying entries took too long");
         }
         Ok(())
     }
