@@ -15,10 +15,45 @@ use std::process::Command;
 
 use support::{KeelProcess, free_port};
 
+/// A run's output directory. When the test fails while holding it, the end of each member's log
+/// (`n1.log`, ...) is printed before the directory goes: the results say what the checker saw,
+/// the logs what the members did meanwhile.
+struct RunDir(tempfile::TempDir);
+
+/// Lines printed from the end of each member's log.
+const LOG_TAIL_LINES: usize = 15;
+
+impl RunDir {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.path())
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), log.display(), tail.join("\n"));
+        }
+    }
+}
+
 /// Runs `keel jepsen test` with `args` into a fresh directory; returns the exit code and the
 /// parsed `results.json`, and checks the other outputs exist.
-fn jepsen(binary: &Path, args: &[&str]) -> (i32, serde_json::Value, tempfile::TempDir) {
-    let out = tempfile::tempdir().expect("temp dir");
+fn jepsen(binary: &Path, args: &[&str]) -> (i32, serde_json::Value, RunDir) {
+    let out = RunDir(tempfile::tempdir().expect("temp dir"));
     let output = Command::new(binary)
         .args(["jepsen", "test", "--nodes", "5", "--rate", "150", "--concurrency", "10", "--out"])
         .arg(out.path())

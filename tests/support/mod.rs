@@ -212,9 +212,27 @@ impl KeelProcess {
     }
 }
 
+/// Lines of a member's log a failing test prints: enough to show what the member was doing when
+/// the test gave up, few enough that a cluster's worth fits in what CI keeps of the output.
+const LOG_TAIL_LINES: usize = 25;
+
 impl Drop for KeelProcess {
     fn drop(&mut self) {
         self.kill();
+        // A test that fails against a member (a timed-out request, a refused write) shows only the
+        // client's side in its panic; the member's own account is in its log file, which the
+        // temporary directory takes with it. So a failing test prints the end of each log.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), self.log.display(), tail.join("\n"));
+            // A full disk fails a member's writes without a word in its log; say how much room
+            // there was.
+            if let Ok(df) = Command::new("df").arg("-h").arg(&self.log).output() {
+                eprintln!("{}", String::from_utf8_lossy(&df.stdout).trim_end());
+            }
+        }
     }
 }
 
