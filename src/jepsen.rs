@@ -37,9 +37,13 @@ pub struct TestArgs {
     /// Number of members.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=63))]
     nodes: u64,
-    /// Seconds the workload runs.
+    /// Seconds the workload runs, at least.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     time_limit: u64,
+    /// Client operations that must succeed before the workload stops: past the time limit it runs
+    /// on until they have, for at most ten time limits in all (0: stop at the time limit).
+    #[arg(long, default_value_t = 0)]
+    min_ok: usize,
     /// Target operations per second across all clients.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -144,6 +148,9 @@ async fn test(args: TestArgs) -> Result<u8> {
         args.ops_per_key,
         out.display(),
     );
+    if args.min_ok > 0 {
+        command.push_str(&format!(" --min-ok {}", args.min_ok));
+    }
     if let Some(bugs) = &args.planted_bug {
         command.push_str(&format!(" --planted-bug {bugs}"));
     }
@@ -161,6 +168,7 @@ async fn test(args: TestArgs) -> Result<u8> {
         nemeses,
         nodes: args.nodes as usize,
         time_limit: Duration::from_secs(args.time_limit),
+        min_ok: args.min_ok,
         rate: args.rate,
         concurrency: args.concurrency,
         seed,

@@ -458,12 +458,19 @@ impl History {
 pub struct Recorder {
     start: std::time::Instant,
     events: std::sync::Mutex<Vec<Event>>,
+    /// Client operations recorded as `Ok` so far, readable without the events' lock (the run's
+    /// timer polls it to decide whether the workload has done enough).
+    client_ok: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder {
     /// A recorder whose clock starts now.
     pub fn new() -> Self {
-        Self { start: std::time::Instant::now(), events: std::sync::Mutex::new(Vec::new()) }
+        Self {
+            start: std::time::Instant::now(),
+            events: std::sync::Mutex::new(Vec::new()),
+            client_ok: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// Nanoseconds since the start.
@@ -480,12 +487,20 @@ impl Recorder {
         node: Option<String>,
         error: Option<String>,
     ) -> usize {
+        if kind == EventType::Ok && process != Process::Nemesis {
+            self.client_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut events = self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let index = events.len();
         // The time is read under the lock so that times never decrease along the history.
         let time_ns = self.now_ns();
         events.push(Event { index, time_ns, process, kind, op, node, error });
         index
+    }
+
+    /// How many client operations have completed `Ok` so far.
+    pub fn client_ok(&self) -> usize {
+        self.client_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The history so far.
@@ -503,6 +518,22 @@ impl Default for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_client_operations_that_succeeded_count_toward_min_ok() {
+        let recorder = Recorder::new();
+        let read = |value| Op::Read { key: 1, value };
+        recorder.record(Process::Client(0), EventType::Invoke, read(None), None, None);
+        recorder.record(Process::Client(0), EventType::Ok, read(Some(1)), None, None);
+        recorder.record(Process::Client(1), EventType::Invoke, read(None), None, None);
+        recorder.record(Process::Client(1), EventType::Fail, read(None), None, Some("refused".into()));
+        recorder.record(Process::Client(2), EventType::Invoke, read(None), None, None);
+        recorder.record(Process::Client(2), EventType::Info, read(None), None, Some("timed out".into()));
+        let fault = Fault { kind: "kill".into(), targets: vec!["n2".into()], detail: String::new() };
+        recorder.record(Process::Nemesis, EventType::Invoke, Op::Start(fault.clone()), None, None);
+        recorder.record(Process::Nemesis, EventType::Ok, Op::Start(fault), None, None);
+        assert_eq!(recorder.client_ok(), 1);
+    }
 
     #[test]
     fn events_round_trip_through_json_lines() {

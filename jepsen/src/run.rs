@@ -72,8 +72,13 @@ pub struct TestOptions {
     pub nemeses: Vec<NemesisKind>,
     /// Number of members.
     pub nodes: usize,
-    /// How long the workload runs.
+    /// How long the workload runs, at least.
     pub time_limit: Duration,
+    /// Client operations that must complete `Ok` before the workload stops: past the time limit
+    /// the run goes on until they have, for at most [`MIN_OK_EXTENSION`] times the limit in all.
+    /// A machine slowed by its neighbours then yields as much evidence as an idle one instead of a
+    /// vacuous history. Zero: stop at the time limit.
+    pub min_ok: usize,
     /// Target operations per second, across all workers.
     pub rate: f64,
     /// Number of client workers.
@@ -243,6 +248,13 @@ fn prepare_out_dir(out: &Path) -> Result<(), JepsenError> {
     Ok(())
 }
 
+/// How far past the time limit a run waits for `min_ok` operations: the whole workload phase lasts
+/// at most this many time limits, so a cluster that cannot serve at all still ends the test.
+pub const MIN_OK_EXTENSION: u32 = 10;
+
+/// How often the timer looks at the count of `Ok` operations once the time limit has passed.
+const MIN_OK_POLL: Duration = Duration::from_millis(100);
+
 /// The process number of the watch workload's reference watch and of the lease workload's final
 /// listing, far from any worker's.
 const REFERENCE_PROCESS: u64 = 1_000_000_000;
@@ -257,14 +269,31 @@ async fn exercise(options: &TestOptions, mut target: Target<'_>) -> Result<Exerc
     let stop_tx = Arc::new(stop_tx);
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    // Ends the workload at the time limit, or at the first SIGINT/SIGTERM.
+    // Ends the workload at the time limit once `min_ok` operations have completed (bounded by
+    // MIN_OK_EXTENSION limits), or at the first SIGINT/SIGTERM.
     let timer = {
         let stop_tx = stop_tx.clone();
         let interrupted = interrupted.clone();
         let limit = options.time_limit;
+        let min_ok = options.min_ok;
+        let recorder = recorder.clone();
+        let enough = async move {
+            tokio::time::sleep(limit).await;
+            let bound = tokio::time::Instant::now() + limit * (MIN_OK_EXTENSION - 1);
+            if recorder.client_ok() < min_ok {
+                tracing::info!(
+                    ok = recorder.client_ok(),
+                    min_ok,
+                    "time limit reached; running on until enough operations succeed"
+                );
+            }
+            while recorder.client_ok() < min_ok && tokio::time::Instant::now() < bound {
+                tokio::time::sleep(MIN_OK_POLL).await;
+            }
+        };
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(limit) => {}
+                () = enough => {}
                 _ = interrupt() => {
                     tracing::warn!("interrupted: stopping the workload, healing and cleaning up");
                     interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -456,6 +485,7 @@ async fn finish(
         "nemeses": nemeses,
         "nodes": options.nodes,
         "time_limit_s": options.time_limit.as_secs_f64(),
+        "min_ok": options.min_ok,
         "rate": options.rate,
         "concurrency": options.concurrency,
         "seed": options.seed,

@@ -17,7 +17,6 @@ use super::{KeelProcess, READY_BOUND, free_port};
 pub const TIMING: &[&str] = &["--heartbeat-interval", "100", "--election-timeout", "1000"];
 
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub names: Vec<String>,
     pub client_ports: Vec<u16>,
     pub peer_ports: Vec<u16>,
@@ -28,6 +27,9 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// TLS everywhere when set: members get the PKI's flags, clients present `root`'s certificate.
     pub pki: Option<std::sync::Arc<Pki>>,
+    /// The members' data directories and logs. Declared last so that it is dropped last: a failing
+    /// test's members print the end of their logs as they are dropped, which needs the files.
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
