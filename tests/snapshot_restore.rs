@@ -105,11 +105,29 @@ async fn a_cluster_restored_from_one_snapshot_has_the_same_data_leases_auth_and_
     let file_arg = file.to_str().unwrap();
     let writer = tokio::spawn({
         let mut client = old.client(2).await;
+        // A put that timed out (a member stalled on a loaded machine for longer than the request
+        // timeout) is asked again, at most twice; any other error, or a third timeout, is a write
+        // the save made fail.
         async move {
             let mut failures = 0;
             for i in 0..200 {
-                if client.put(format!("during/{i:03}"), "w", None).await.is_err() {
-                    failures += 1;
+                let key = format!("during/{i:03}");
+                let mut timeouts = 0;
+                loop {
+                    match client.put(key.as_str(), "w", None).await {
+                        Ok(_) => break,
+                        Err(etcd_client::Error::GRpcStatus(status))
+                            if status.code() == tonic::Code::Unavailable && timeouts < 2 =>
+                        {
+                            timeouts += 1;
+                            eprintln!("put {key} timed out during the save ({timeouts}): {status}");
+                        }
+                        Err(err) => {
+                            eprintln!("put {key} failed during the save: {err}");
+                            failures += 1;
+                            break;
+                        }
+                    }
                 }
             }
             failures
