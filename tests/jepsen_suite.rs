@@ -47,10 +47,7 @@ impl Drop for RunDir {
             .collect();
         logs.sort();
         for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-            eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), log.display(), tail.join("\n"));
+            support::print_log_tail(&log, LOG_TAIL_LINES);
         }
     }
 }

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use support::{KeelProcess, free_port};
+use support::{KeelProcess, free_port, timed_out};
 
 const LEASES: usize = 10_000;
 const TTL: i64 = 15;
@@ -93,7 +93,7 @@ async fn grant(client: &mut etcd_client::Client) -> i64 {
     loop {
         match client.lease_grant(TTL, None).await {
             Ok(granted) => return granted.id(),
-            Err(err) if is_timeout(&err) && attempts < SETUP_RETRIES => attempts += 1,
+            Err(err) if timed_out(&err) && attempts < SETUP_RETRIES => attempts += 1,
             Err(err) => panic!("granting a lease (attempt {}): {err}", attempts + 1),
         }
     }
@@ -109,7 +109,7 @@ async fn attach_keys(client: &mut etcd_client::Client, ids: &[i64]) -> usize {
     let mut attempts = 0;
     let attached = loop {
         match client.txn(Txn::new().and_then(puts.clone())).await {
-            Err(err) if is_timeout(&err) && attempts < SETUP_RETRIES => attempts += 1,
+            Err(err) if timed_out(&err) && attempts < SETUP_RETRIES => attempts += 1,
             other => break other,
         }
     };
@@ -128,12 +128,6 @@ async fn attach_keys(client: &mut etcd_client::Client, ids: &[i64]) -> usize {
         }
         Err(err) => panic!("attaching keys to leases: {err}"),
     }
-}
-
-/// True for a request the member gave up on (`etcdserver: request timed out`): its outcome is
-/// unknown, and asking again is safe for a grant (a new lease) and for attaching keys (the same puts).
-fn is_timeout(err: &etcd_client::Error) -> bool {
-    matches!(err, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable)
 }
 
 fn is_lease_not_found(err: &etcd_client::Error) -> bool {

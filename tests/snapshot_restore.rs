@@ -116,11 +116,9 @@ async fn a_cluster_restored_from_one_snapshot_has_the_same_data_leases_auth_and_
                 loop {
                     match client.put(key.as_str(), "w", None).await {
                         Ok(_) => break,
-                        Err(etcd_client::Error::GRpcStatus(status))
-                            if status.code() == tonic::Code::Unavailable && timeouts < 2 =>
-                        {
+                        Err(err) if support::timed_out(&err) && timeouts < 2 => {
                             timeouts += 1;
-                            eprintln!("put {key} timed out during the save ({timeouts}): {status}");
+                            eprintln!("put {key} timed out during the save ({timeouts}): {err}");
                         }
                         Err(err) => {
                             eprintln!("put {key} failed during the save: {err}");

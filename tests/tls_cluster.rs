@@ -128,11 +128,9 @@ async fn a_member_with_a_foreign_ca_peer_certificate_cannot_join_and_the_cluster
     while intruder.is_running() && std::time::Instant::now() < deadline {
         match client.put("during", "x", None).await {
             Ok(_) => timed_out_in_a_row = 0,
-            Err(etcd_client::Error::GRpcStatus(status))
-                if status.code() == tonic::Code::Unavailable && timed_out_in_a_row < 2 =>
-            {
+            Err(err) if support::timed_out(&err) && timed_out_in_a_row < 2 => {
                 timed_out_in_a_row += 1;
-                eprintln!("a put timed out while the intruder tries ({timed_out_in_a_row} in a row): {status}");
+                eprintln!("a put timed out while the intruder tries ({timed_out_in_a_row} in a row): {err}");
             }
             Err(err) => panic!("the cluster serves while the intruder tries: {err}"),
         }

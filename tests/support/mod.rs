@@ -216,6 +216,20 @@ impl KeelProcess {
 /// the test gave up, few enough that a cluster's worth fits in what CI keeps of the output.
 const LOG_TAIL_LINES: usize = 25;
 
+/// Prints the last `lines` lines of the log at `path` to stderr, under a heading naming it.
+pub fn print_log_tail(path: &Path, lines: usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), path.display(), tail.join("\n"));
+}
+
+/// True for a request the member gave up on (`etcdserver: request timed out`, or no leader yet):
+/// its outcome is unknown. Tests whose property is not latency may ask such a request again.
+pub fn timed_out(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable)
+}
+
 impl Drop for KeelProcess {
     fn drop(&mut self) {
         self.kill();
@@ -223,10 +237,7 @@ impl Drop for KeelProcess {
         // client's side in its panic; the member's own account is in its log file, which the
         // temporary directory takes with it. So a failing test prints the end of each log.
         if std::thread::panicking() {
-            let log = self.log_text();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-            eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), self.log.display(), tail.join("\n"));
+            print_log_tail(&self.log, LOG_TAIL_LINES);
             // A full disk fails a member's writes without a word in its log; say how much room
             // there was.
             if let Ok(df) = Command::new("df").arg("-h").arg(&self.log).output() {
