@@ -75,6 +75,14 @@ fn jepsen(binary: &Path, args: &[&str]) -> (i32, serde_json::Value, RunDir) {
     (code, results, out)
 }
 
+/// Runs the real build's `workload` for `time_limit` seconds under kills and partitions (a fault
+/// step every 3 s on average), extended until `min_ok` operations succeeded.
+fn under_kill_and_partition(workload: &str, time_limit: &str, min_ok: &str) -> (i32, serde_json::Value, RunDir) {
+    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let args = ["--workload", workload, "--nemesis", "kill,partition", "--time-limit", time_limit, "--interval", "3"];
+    jepsen(keel, &[&args[..], &["--min-ok", min_ok]].concat())
+}
+
 fn anomaly_kinds(results: &serde_json::Value) -> Vec<String> {
     results["results"]
         .as_array()
@@ -106,22 +114,7 @@ fn assert_no_firewall_chains_left() {
 
 #[test]
 fn the_real_build_stays_linearizable_under_kill_and_partition() {
-    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
-    let (code, results, _out) = jepsen(
-        keel,
-        &[
-            "--workload",
-            "register",
-            "--nemesis",
-            "kill,partition",
-            "--time-limit",
-            "30",
-            "--interval",
-            "3",
-            "--min-ok",
-            "500",
-        ],
-    );
+    let (code, results, _out) = under_kill_and_partition("register", "30", "500");
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     assert!(results["faults"].as_u64().unwrap() >= 3, "faults were injected: {results:#}");
@@ -131,22 +124,7 @@ fn the_real_build_stays_linearizable_under_kill_and_partition() {
 
 #[test]
 fn the_real_build_stays_strictly_serializable_under_kill_and_partition() {
-    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
-    let (code, results, _out) = jepsen(
-        keel,
-        &[
-            "--workload",
-            "append",
-            "--nemesis",
-            "kill,partition",
-            "--time-limit",
-            "30",
-            "--interval",
-            "3",
-            "--min-ok",
-            "250",
-        ],
-    );
+    let (code, results, _out) = under_kill_and_partition("append", "30", "250");
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];
@@ -158,22 +136,7 @@ fn the_real_build_stays_strictly_serializable_under_kill_and_partition() {
 
 #[test]
 fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
-    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
-    let (code, results, _out) = jepsen(
-        keel,
-        &[
-            "--workload",
-            "watch",
-            "--nemesis",
-            "kill,partition",
-            "--time-limit",
-            "25",
-            "--interval",
-            "3",
-            "--min-ok",
-            "300",
-        ],
-    );
+    let (code, results, _out) = under_kill_and_partition("watch", "25", "300");
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];
@@ -195,22 +158,7 @@ fn watchers_under_kill_and_partition_keep_etcds_watch_guarantees() {
 
 #[test]
 fn lock_holders_under_kill_and_partition_keep_fences_ordered_and_leases_honest() {
-    let keel = Path::new(env!("CARGO_BIN_EXE_keel"));
-    let (code, results, _out) = jepsen(
-        keel,
-        &[
-            "--workload",
-            "lease",
-            "--nemesis",
-            "kill,partition",
-            "--time-limit",
-            "20",
-            "--interval",
-            "3",
-            "--min-ok",
-            "300",
-        ],
-    );
+    let (code, results, _out) = under_kill_and_partition("lease", "20", "300");
     assert_eq!(results["valid"], "valid", "anomalies: {:?}\n{results:#}", anomaly_kinds(&results));
     assert_eq!(code, 0);
     let stats = &results["results"][0]["stats"];

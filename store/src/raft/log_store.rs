@@ -209,6 +209,9 @@ impl LogStore {
 const SLOW_SYNC: Duration = Duration::from_secs(1);
 
 fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
+    // Looked up once: a lookup per flush would hash the name and take the registry's lock on the
+    // write path. The binary installs its recorder before it opens the store.
+    let fsync_duration = metrics::histogram!("keel_disk_wal_fsync_duration_seconds");
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -217,7 +220,7 @@ fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
         let started = Instant::now();
         let result = backend.flush_wal().map_err(|err| err.to_string());
         let took = started.elapsed();
-        metrics::histogram!("keel_disk_wal_fsync_duration_seconds").record(took.as_secs_f64());
+        fsync_duration.record(took.as_secs_f64());
         if took > SLOW_SYNC {
             tracing::warn!(took = ?took, expected = ?SLOW_SYNC, appends = pending.len(), "slow fdatasync");
         }
