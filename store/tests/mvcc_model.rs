@@ -432,3 +432,27 @@ fn mvcc_matches_the_model_on_the_memory_backend() {
 fn mvcc_matches_the_model_on_the_rocksdb_backend() {
     run(true, 24);
 }
+
+/// A snapshot install replaces the data under a running engine and reloads it; the live-key index
+/// must describe the new data, not the old.
+#[test]
+fn a_reloaded_engine_builds_on_the_new_data_not_on_its_old_live_key_index() {
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    keel_store::format::check_or_init(&*backend).expect("format");
+    let put = |mvcc: &Mvcc, value: u8| {
+        let mut txn = mvcc.write_txn(false);
+        let req = PutRequest { key: b"k".to_vec(), value: vec![value], ..Default::default() };
+        txn.execute_put(&req, &AllLeases).expect("put");
+        txn.commit(WriteBatch::new(), Durability::Buffered).expect("commit").events
+    };
+    let running = Mvcc::open(backend.clone()).expect("open");
+    put(&running, 1);
+    // Another writer (standing in for the installed snapshot's data) moves the key on.
+    let installer = Mvcc::open(backend.clone()).expect("open");
+    put(&installer, 2);
+    put(&installer, 3);
+    running.reload().expect("reload");
+    let events = put(&running, 4);
+    assert_eq!(events[0].kv.version, 4, "the put builds on the reloaded data, not on the indexed version 1");
+    assert_eq!(events[0].kv.create_revision, 2);
+}

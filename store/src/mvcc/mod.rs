@@ -17,6 +17,7 @@
 mod compact;
 mod encoding;
 mod exec;
+mod latest;
 mod read;
 mod txn;
 mod types;
@@ -35,6 +36,7 @@ pub use types::*;
 use crate::backend::{Backend, BackendError, Cf, WriteBatch};
 use crate::format::{self, FormatError};
 use compact::Compactor;
+use latest::LiveKeys;
 
 /// The revision of an empty store, as in etcd: the first write creates revision 2.
 pub const INITIAL_REVISION: i64 = 1;
@@ -81,6 +83,8 @@ pub struct Mvcc {
     /// before any other store lock. Shared with the compactor thread.
     maintenance: Arc<RwLock<()>>,
     compactor: Compactor,
+    /// The newest committed version of every live key, for the apply path (`latest.rs`).
+    latest: LiveKeys,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -97,6 +101,7 @@ impl Mvcc {
     /// unfinished physical compaction.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Arc<Self>, MvccError> {
         let (current, compacted, compact_done) = Self::load_revisions(&*backend)?;
+        let latest = LiveKeys::load(&*backend)?;
         let maintenance = Arc::new(RwLock::new(()));
         let mvcc = Arc::new(Mvcc {
             backend: backend.clone(),
@@ -104,6 +109,7 @@ impl Mvcc {
             compacted: AtomicI64::new(compacted),
             maintenance: maintenance.clone(),
             compactor: Compactor::start(backend, maintenance, compact_done),
+            latest,
         });
         if compacted > compact_done {
             mvcc.compactor.schedule(compacted);
@@ -122,6 +128,7 @@ impl Mvcc {
     /// holds [`Mvcc::lock_exclusive`].
     pub fn reload(&self) -> Result<(), MvccError> {
         let (current, compacted, compact_done) = Self::load_revisions(&*self.backend)?;
+        self.latest.reload(&*self.backend)?;
         self.current.store(current, Ordering::Release);
         self.compacted.store(compacted, Ordering::Release);
         self.compactor.reset(compact_done);

@@ -9,15 +9,15 @@
 //! Invariants: nothing reaches the backend before [`WriteTxn::commit`] or [`StagedPuts::commit`]; a
 //! transaction that changed nothing leaves the revision unchanged; lease attachments are updated in
 //! the same batch as the keys they describe; readers never see a staged revision before every
-//! revision up to it is written (the current revision is advanced only after the write).
-
-use std::ops::ControlFlow;
+//! revision up to it is written (the current revision is advanced only after the write); the
+//! live-key index (`latest.rs`) learns of a change only after its write.
 
 use super::encoding::{IndexEntry, Record, RecordKind, index_key, lease_attachment_key, revision_key};
-use super::read::Overlay;
+use super::latest::LatestState;
+use super::read::{IndexHit, Overlay};
 use super::{
-    Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeEnd, RangeRequest,
-    RangeResponse, Revision,
+    Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    Revision,
 };
 use crate::backend::{Cf, Durability, WriteBatch};
 use crate::format;
@@ -36,6 +36,9 @@ pub struct WriteTxn<'a> {
     staged: Option<&'a Overlay>,
     events: Vec<Event>,
     batch: WriteBatch,
+    /// Every key this transaction wrote and its state afterwards, in order: what the live-key index
+    /// records once the batch is written.
+    changes: Vec<(Vec<u8>, LatestState)>,
 }
 
 /// What a committed transaction produced.
@@ -57,18 +60,26 @@ impl Mvcc {
     /// one, and no other write may happen until it is committed or dropped.
     pub fn stage_puts(&self) -> StagedPuts {
         let base = self.current_revision();
-        StagedPuts { base, overlay: Overlay::new(), batch: WriteBatch::new(), committed: Vec::new() }
+        StagedPuts {
+            base,
+            overlay: Overlay::new(),
+            batch: WriteBatch::new(),
+            committed: Vec::new(),
+            changes: Vec::new(),
+        }
     }
 
     /// Writes `batch` and `extra` as one atomic backend write, recording `advanced_to` (when some
     /// revision was made) as the current revision in it; only after the write do readers see that
-    /// revision. The one commit step of both [`WriteTxn`] and [`StagedPuts`].
+    /// revision and does the live-key index record `changes`. The one commit step of both
+    /// [`WriteTxn`] and [`StagedPuts`].
     fn write_advancing(
         &self,
         mut batch: WriteBatch,
         advanced_to: Option<i64>,
         extra: WriteBatch,
         durability: Durability,
+        changes: &[(Vec<u8>, LatestState)],
     ) -> Result<(), MvccError> {
         if let Some(revision) = advanced_to {
             batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
@@ -77,6 +88,7 @@ impl Mvcc {
         if !batch.is_empty() {
             self.backend.write(batch, durability)?;
         }
+        self.latest.record_all(changes);
         if let Some(revision) = advanced_to {
             self.current.store(revision, std::sync::atomic::Ordering::Release);
         }
@@ -96,6 +108,8 @@ pub struct StagedPuts {
     overlay: Overlay,
     batch: WriteBatch,
     committed: Vec<Committed>,
+    /// The staged puts' changes for the live-key index, in order.
+    changes: Vec<(Vec<u8>, LatestState)>,
 }
 
 impl StagedPuts {
@@ -125,9 +139,10 @@ impl StagedPuts {
         let mut txn = WriteTxn::on(mvcc, self.revision(), want_prev_values, Some(&self.overlay));
         let resp = txn.execute_put(req, leases)?;
         let revision = txn.revision();
-        let WriteTxn { overlay, events, batch, .. } = txn;
+        let WriteTxn { overlay, events, batch, changes, .. } = txn;
         self.overlay.extend(overlay);
         self.batch.extend(batch);
+        self.changes.extend(changes);
         self.committed.push(Committed { revision, events });
         Ok(resp)
     }
@@ -137,7 +152,7 @@ impl StagedPuts {
     pub fn commit(self, mvcc: &Mvcc, extra: WriteBatch, durability: Durability) -> Result<Vec<Committed>, MvccError> {
         debug_assert_eq!(mvcc.current_revision(), self.base, "a write happened while puts were staged");
         let advanced_to = (!self.is_empty()).then(|| self.revision());
-        mvcc.write_advancing(self.batch, advanced_to, extra, durability)?;
+        mvcc.write_advancing(self.batch, advanced_to, extra, durability, &self.changes)?;
         Ok(self.committed)
     }
 }
@@ -154,6 +169,7 @@ impl<'a> WriteTxn<'a> {
             staged,
             events: Vec::new(),
             batch: WriteBatch::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -187,16 +203,13 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// The latest version of `key`, seeing this transaction's writes; the value is loaded only when
-    /// `with_value`.
+    /// `with_value`. A key neither overlay holds has the same state at `base` as at the latest
+    /// committed revision, which the live-key index holds.
     pub fn get(&self, key: &[u8], with_value: bool) -> Result<Option<KeyValue>, MvccError> {
         if let Some(state) = self.overlay.get(key).or_else(|| self.staged.and_then(|staged| staged.get(key))) {
             return Ok(state.clone());
         }
-        let mut found = None;
-        self.mvcc.scan_index(key, &RangeEnd::Single, self.base, |hit| {
-            found = Some(hit);
-            ControlFlow::Break(())
-        })?;
+        let found = self.mvcc.latest.lookup(key).map(|(rev, entry)| IndexHit { key: key.to_vec(), rev, entry });
         match found {
             None => Ok(None),
             Some(hit) if with_value => Ok(self.mvcc.fetch_values(vec![hit])?.pop()),
@@ -224,6 +237,7 @@ impl<'a> WriteTxn<'a> {
         let record = Record { meta: entry, key: key.to_vec(), value };
         self.batch.put(Cf::Index, index_key(key, rev), entry.encode());
         self.batch.put(Cf::Revs, revision_key(rev), record.encode());
+        self.changes.push((key.to_vec(), Some((rev, entry))));
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {
@@ -276,6 +290,7 @@ impl<'a> WriteTxn<'a> {
             if prev.lease != 0 {
                 self.batch.delete(Cf::Leases, lease_attachment_key(prev.lease, &prev.key));
             }
+            self.changes.push((prev.key.clone(), None));
             self.overlay.insert(prev.key.clone(), None);
             self.events.push(Event {
                 kind: EventKind::Delete,
@@ -296,7 +311,7 @@ impl<'a> WriteTxn<'a> {
     pub fn commit(self, extra: WriteBatch, durability: Durability) -> Result<Committed, MvccError> {
         let revision = self.revision();
         let advanced_to = self.has_changes().then_some(revision);
-        self.mvcc.write_advancing(self.batch, advanced_to, extra, durability)?;
+        self.mvcc.write_advancing(self.batch, advanced_to, extra, durability, &self.changes)?;
         Ok(Committed { revision, events: self.events })
     }
 }
