@@ -1,23 +1,25 @@
-//! The live-key index: the newest committed version (revision and index metadata, no value) of
-//! every live key, in memory, so the apply path learns a key's current version, or that it does not
-//! exist, without seeking the on-disk index. Every put needs that version (for its create revision
-//! and version count), and the seek, mostly a memtable skiplist search, was the largest single
-//! cost of applying a put. etcd keeps a similar in-memory index of every key.
+//! The live-key index: every live key and the revision of its newest version, in memory, so the
+//! apply path learns that a key does not exist without touching the backend, and where its newest
+//! version is with one point read instead of an index seek. Every put needs that version (for its
+//! create revision and version count), and the seek, mostly a memtable skiplist search and an
+//! iterator's set-up, was the largest single cost of applying a put. etcd keeps a similar
+//! in-memory index of every key.
 //!
 //! Invariants:
 //! - The map holds exactly the keys that exist at the latest committed revision, each with its
-//!   newest version; a key that was never written, was deleted, or whose tombstone was compacted
-//!   is absent. It is loaded from the on-disk index when the MVCC store opens and again by
-//!   [`super::Mvcc::reload`] when a snapshot replaces the data; the apply path records each
+//!   newest version's revision; a key that was never written, was deleted, or whose tombstone was
+//!   compacted is absent. It is loaded from the on-disk index when the MVCC store opens and again
+//!   by [`super::Mvcc::reload`] when a snapshot replaces the data; the apply path records each
 //!   committed change after its backend write ([`super::WriteTxn::commit`],
 //!   [`super::StagedPuts::commit`]). Compaction never changes a key's state at the latest
 //!   revision, so it leaves the map alone.
+//! - A revision is packed into 8 bytes; one that does not fit (main ≥ 2^39 or sub ≥ 2^24) is kept
+//!   as [`Latest::Unknown`], and the caller seeks the on-disk index as it would without the map.
 //! - Only the apply path reads or changes it after loading (one thread at a time); readers at
 //!   other revisions never consult it. The mutex exists because [`super::Mvcc`] is shared, not
 //!   for contention, and is never held across a backend call.
-//! - Its size is bounded by the store's own: one entry per live key, as the backend quota bounds
-//!   the keys. An entry is the key plus 40 bytes ([`Live`]); with 1M keys of 10–20 bytes the map
-//!   took about 110 MiB of resident memory.
+//! - Its size is bounded by the store's own: one entry per live key (the key plus 8 bytes, and
+//!   the hash table's slack), as the backend quota bounds the keys.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -26,46 +28,50 @@ use super::encoding::{IndexEntry, RecordKind, split_index_key, unescape_key};
 use super::{MvccError, Revision};
 use crate::backend::{Backend, Cf};
 
-/// A key's state at the latest committed revision: its newest version's revision and metadata,
-/// or `None` when it does not exist.
-pub(crate) type LatestState = Option<(Revision, IndexEntry)>;
+/// Bits of a packed revision that hold `sub`; the rest (below the sign bit) hold `main`.
+const SUB_BITS: u32 = 24;
+/// A packed revision that stands for "live, revision not held".
+const UNKNOWN: u64 = u64::MAX;
 
-/// A live key's newest version: its [`IndexEntry`] without the kind (always a put), to keep the
-/// map's buckets small.
+/// What the index says about a key at the latest committed revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Live {
-    rev: Revision,
-    create_revision: i64,
-    version: i64,
-    lease: i64,
+pub(crate) enum Latest {
+    /// The key does not exist.
+    Absent,
+    /// The key exists; its newest version has this revision.
+    At(Revision),
+    /// The key exists but its revision did not fit the packing; seek the on-disk index.
+    Unknown,
 }
 
-impl Live {
-    fn new(rev: Revision, entry: &IndexEntry) -> Self {
-        Live { rev, create_revision: entry.create_revision, version: entry.version, lease: entry.lease }
-    }
-
-    fn state(self) -> (Revision, IndexEntry) {
-        let entry = IndexEntry {
-            kind: RecordKind::Put,
-            create_revision: self.create_revision,
-            version: self.version,
-            lease: self.lease,
-        };
-        (self.rev, entry)
+fn pack(rev: Revision) -> u64 {
+    match (u64::try_from(rev.main), u64::try_from(rev.sub)) {
+        (Ok(main), Ok(sub)) if main < 1 << (63 - SUB_BITS) && sub < 1 << SUB_BITS => main << SUB_BITS | sub,
+        _ => UNKNOWN,
     }
 }
 
-type LiveMap = HashMap<Box<[u8]>, Live>;
+fn unpack(packed: u64) -> Latest {
+    if packed == UNKNOWN {
+        return Latest::Unknown;
+    }
+    // Both parts are below 2^39 and 2^24, so the conversions cannot fail.
+    let main = i64::try_from(packed >> SUB_BITS).unwrap_or(i64::MAX);
+    let sub = i64::try_from(packed & ((1 << SUB_BITS) - 1)).unwrap_or(0);
+    Latest::At(Revision { main, sub })
+}
+
+type LiveMap = HashMap<Box<[u8]>, u64>;
 
 /// The index; see the module documentation.
 pub(crate) struct LiveKeys {
-    /// Live key → its newest version. Held only for a lookup, an update or a reload's swap.
+    /// Live key → packed revision of its newest version. Held only for a lookup, an update or a
+    /// reload's swap.
     keys: Mutex<LiveMap>,
 }
 
 impl LiveKeys {
-    /// Loads the newest version of every live key from the on-disk index.
+    /// Loads every live key from the on-disk index.
     pub(crate) fn load(backend: &dyn Backend) -> Result<Self, MvccError> {
         Ok(LiveKeys { keys: Mutex::new(Self::scan(backend)?) })
     }
@@ -86,15 +92,15 @@ impl LiveKeys {
         while let Some((raw_key, raw_value)) = cursor.entry() {
             let (escaped, rev) = split_index_key(raw_key)?;
             if previous.as_deref() != Some(escaped) {
-                let entry = IndexEntry::decode(raw_value)?;
-                if entry.kind == RecordKind::Put {
-                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), Live::new(rev, &entry));
+                if IndexEntry::decode(raw_value)?.kind == RecordKind::Put {
+                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), pack(rev));
                 }
                 previous = Some(escaped.to_vec());
             }
             cursor.next();
         }
         cursor.status()?;
+        keys.shrink_to_fit();
         Ok(keys)
     }
 
@@ -103,27 +109,25 @@ impl LiveKeys {
     }
 
     /// The state of `key` at the latest committed revision.
-    pub(crate) fn lookup(&self, key: &[u8]) -> LatestState {
-        self.lock().get(key).map(|live| live.state())
+    pub(crate) fn lookup(&self, key: &[u8]) -> Latest {
+        self.lock().get(key).map_or(Latest::Absent, |packed| unpack(*packed))
     }
 
-    /// Records the changes of one commit, in order (a later change of a key wins).
-    pub(crate) fn record_all(&self, changes: &[(Vec<u8>, LatestState)]) {
+    /// Records the changes of one commit, in order (a later change of a key wins): the revision of
+    /// a key's new newest version, or `None` for a deleted key.
+    pub(crate) fn record_all(&self, changes: &[(Vec<u8>, Option<Revision>)]) {
         if changes.is_empty() {
             return;
         }
         let mut keys = self.lock();
-        for (key, state) in changes {
-            match state {
-                Some((rev, entry)) => {
-                    let newest = Live::new(*rev, entry);
-                    match keys.get_mut(key.as_slice()) {
-                        Some(known) => *known = newest,
-                        None => {
-                            keys.insert(key.clone().into_boxed_slice(), newest);
-                        }
+        for (key, change) in changes {
+            match change {
+                Some(rev) => match keys.get_mut(key.as_slice()) {
+                    Some(known) => *known = pack(*rev),
+                    None => {
+                        keys.insert(key.clone().into_boxed_slice(), pack(*rev));
                     }
-                }
+                },
                 None => {
                     keys.remove(key.as_slice());
                 }
@@ -144,46 +148,53 @@ mod tests {
     use crate::backend::{Durability, MemBackend, WriteBatch};
     use crate::mvcc::encoding::{index_key, revision_key};
 
-    fn entry(kind: RecordKind, version: i64) -> IndexEntry {
-        IndexEntry { kind, create_revision: 2, version, lease: 0 }
-    }
-
     fn rev(main: i64) -> Revision {
         Revision { main, sub: 0 }
     }
 
     #[test]
-    fn loading_keeps_each_live_keys_newest_version_and_skips_deleted_keys() {
+    fn loading_keeps_each_live_keys_newest_revision_and_skips_deleted_keys() {
         let backend = MemBackend::new();
         let mut batch = WriteBatch::new();
-        for (key, main, kind, version) in [
-            (&b"a"[..], 2, RecordKind::Put, 1),
-            (b"a", 3, RecordKind::Put, 2),
-            (b"a\x00", 4, RecordKind::Put, 1),
-            (b"gone", 5, RecordKind::Put, 1),
-            (b"gone", 6, RecordKind::Tombstone, 0),
+        for (key, main, kind) in [
+            (&b"a"[..], 2, RecordKind::Put),
+            (b"a", 3, RecordKind::Put),
+            (b"a\x00", 4, RecordKind::Put),
+            (b"gone", 5, RecordKind::Put),
+            (b"gone", 6, RecordKind::Tombstone),
         ] {
-            batch.put(Cf::Index, index_key(key, rev(main)), entry(kind, version).encode());
+            let entry = IndexEntry { kind, create_revision: 2, version: 1, lease: 0 };
+            batch.put(Cf::Index, index_key(key, rev(main)), entry.encode());
             batch.put(Cf::Revs, revision_key(rev(main)), Vec::new());
         }
         backend.write(batch, Durability::Buffered).unwrap();
         let live = LiveKeys::load(&backend).unwrap();
         assert_eq!(live.len(), 2);
-        assert_eq!(live.lookup(b"a"), Some((rev(3), entry(RecordKind::Put, 2))));
-        assert_eq!(live.lookup(b"a\x00"), Some((rev(4), entry(RecordKind::Put, 1))));
-        assert_eq!(live.lookup(b"gone"), None);
+        assert_eq!(live.lookup(b"a"), Latest::At(rev(3)));
+        assert_eq!(live.lookup(b"a\x00"), Latest::At(rev(4)));
+        assert_eq!(live.lookup(b"gone"), Latest::Absent);
     }
 
     #[test]
     fn recorded_changes_apply_in_order() {
         let live = LiveKeys::load(&MemBackend::new()).unwrap();
-        let put = |main| Some((rev(main), entry(RecordKind::Put, 1)));
-        live.record_all(&[(b"k".to_vec(), put(2)), (b"k".to_vec(), None), (b"j".to_vec(), put(3))]);
-        assert_eq!(live.lookup(b"k"), None);
-        assert_eq!(live.lookup(b"j"), put(3));
-        live.record_all(&[(b"k".to_vec(), put(4)), (b"j".to_vec(), None), (b"k".to_vec(), put(5))]);
-        assert_eq!(live.lookup(b"k"), put(5));
-        assert_eq!(live.lookup(b"j"), None);
+        live.record_all(&[(b"k".to_vec(), Some(rev(2))), (b"k".to_vec(), None), (b"j".to_vec(), Some(rev(3)))]);
+        assert_eq!(live.lookup(b"k"), Latest::Absent);
+        assert_eq!(live.lookup(b"j"), Latest::At(rev(3)));
+        live.record_all(&[(b"k".to_vec(), Some(rev(4))), (b"j".to_vec(), None), (b"k".to_vec(), Some(rev(5)))]);
+        assert_eq!(live.lookup(b"k"), Latest::At(rev(5)));
+        assert_eq!(live.lookup(b"j"), Latest::Absent);
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn revisions_too_large_to_pack_are_kept_as_unknown_not_truncated() {
+        let fits = Revision { main: (1 << 39) - 1, sub: (1 << 24) - 1 };
+        assert_eq!(unpack(pack(fits)), Latest::At(fits));
+        for too_large in [Revision { main: 1 << 39, sub: 0 }, Revision { main: 2, sub: 1 << 24 }] {
+            let live = LiveKeys::load(&MemBackend::new()).unwrap();
+            live.record_all(&[(b"k".to_vec(), Some(too_large))]);
+            assert_eq!(live.lookup(b"k"), Latest::Unknown, "{too_large:?}");
+        }
     }
 }

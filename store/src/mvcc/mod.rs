@@ -83,7 +83,7 @@ pub struct Mvcc {
     /// before any other store lock. Shared with the compactor thread.
     maintenance: Arc<RwLock<()>>,
     compactor: Compactor,
-    /// The newest committed version of every live key, for the apply path (`latest.rs`).
+    /// Every live key and its newest revision, for the apply path (`latest.rs`).
     latest: LiveKeys,
 }
 

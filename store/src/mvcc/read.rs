@@ -118,6 +118,28 @@ impl Mvcc {
             .collect()
     }
 
+    /// The version of `key` stored at `rev`, which the live-key index names as its newest (so it
+    /// must be a put of that key); the value is kept only when `with_value`.
+    pub(crate) fn fetch_newest(&self, key: &[u8], rev: Revision, with_value: bool) -> Result<KeyValue, MvccError> {
+        let bytes = self.backend.get(Cf::Revs, &revision_key(rev))?.ok_or_else(|| {
+            MvccError::Corrupt(format!("the live-key index names revision {rev:?} but it is not stored"))
+        })?;
+        let record = Record::decode(&bytes)?;
+        if record.key != key || record.meta.kind != RecordKind::Put {
+            return Err(MvccError::Corrupt(format!(
+                "the live-key index names revision {rev:?} for a key, but that revision is not a put of it"
+            )));
+        }
+        Ok(KeyValue {
+            key: record.key,
+            create_revision: record.meta.create_revision,
+            mod_revision: rev.main,
+            version: record.meta.version,
+            value: if with_value { record.value } else { Vec::new() },
+            lease: record.meta.lease,
+        })
+    }
+
     /// Serves a range read at the latest committed revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         self.range_with(req, self.current_revision(), None)

@@ -12,12 +12,14 @@
 //! revision up to it is written (the current revision is advanced only after the write); the
 //! live-key index (`latest.rs`) learns of a change only after its write.
 
+use std::ops::ControlFlow;
+
 use super::encoding::{IndexEntry, Record, RecordKind, index_key, lease_attachment_key, revision_key};
-use super::latest::LatestState;
-use super::read::{IndexHit, Overlay};
+use super::latest::Latest;
+use super::read::Overlay;
 use super::{
-    Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    Revision,
+    Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeEnd, RangeRequest,
+    RangeResponse, Revision,
 };
 use crate::backend::{Cf, Durability, WriteBatch};
 use crate::format;
@@ -38,7 +40,7 @@ pub struct WriteTxn<'a> {
     batch: WriteBatch,
     /// Every key this transaction wrote and its state afterwards, in order: what the live-key index
     /// records once the batch is written.
-    changes: Vec<(Vec<u8>, LatestState)>,
+    changes: Vec<(Vec<u8>, Option<Revision>)>,
 }
 
 /// What a committed transaction produced.
@@ -79,7 +81,7 @@ impl Mvcc {
         advanced_to: Option<i64>,
         extra: WriteBatch,
         durability: Durability,
-        changes: &[(Vec<u8>, LatestState)],
+        changes: &[(Vec<u8>, Option<Revision>)],
     ) -> Result<(), MvccError> {
         if let Some(revision) = advanced_to {
             batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
@@ -109,7 +111,7 @@ pub struct StagedPuts {
     batch: WriteBatch,
     committed: Vec<Committed>,
     /// The staged puts' changes for the live-key index, in order.
-    changes: Vec<(Vec<u8>, LatestState)>,
+    changes: Vec<(Vec<u8>, Option<Revision>)>,
 }
 
 impl StagedPuts {
@@ -204,12 +206,24 @@ impl<'a> WriteTxn<'a> {
 
     /// The latest version of `key`, seeing this transaction's writes; the value is loaded only when
     /// `with_value`. A key neither overlay holds has the same state at `base` as at the latest
-    /// committed revision, which the live-key index holds.
+    /// committed revision, which the live-key index knows: absent, or at a revision read with one
+    /// point lookup.
     pub fn get(&self, key: &[u8], with_value: bool) -> Result<Option<KeyValue>, MvccError> {
         if let Some(state) = self.overlay.get(key).or_else(|| self.staged.and_then(|staged| staged.get(key))) {
             return Ok(state.clone());
         }
-        let found = self.mvcc.latest.lookup(key).map(|(rev, entry)| IndexHit { key: key.to_vec(), rev, entry });
+        let found = match self.mvcc.latest.lookup(key) {
+            Latest::Absent => return Ok(None),
+            Latest::At(rev) => return self.mvcc.fetch_newest(key, rev, with_value).map(Some),
+            Latest::Unknown => {
+                let mut found = None;
+                self.mvcc.scan_index(key, &RangeEnd::Single, self.base, |hit| {
+                    found = Some(hit);
+                    ControlFlow::Break(())
+                })?;
+                found
+            }
+        };
         match found {
             None => Ok(None),
             Some(hit) if with_value => Ok(self.mvcc.fetch_values(vec![hit])?.pop()),
@@ -237,7 +251,7 @@ impl<'a> WriteTxn<'a> {
         let record = Record { meta: entry, key: key.to_vec(), value };
         self.batch.put(Cf::Index, index_key(key, rev), entry.encode());
         self.batch.put(Cf::Revs, revision_key(rev), record.encode());
-        self.changes.push((key.to_vec(), Some((rev, entry))));
+        self.changes.push((key.to_vec(), Some(rev)));
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {
