@@ -1,6 +1,6 @@
 //! The live-key index: every live key and the revision of its newest version, in memory, so the
 //! apply path learns that a key does not exist without touching the backend, and where its newest
-//! version is with one point read instead of an index seek. Every put needs that version (for its
+//! version is with one point read instead of an index seek (single-key reads use the latter too). Every put needs that version (for its
 //! create revision and version count), and the seek, mostly a memtable skiplist search and an
 //! iterator's set-up, was the largest single cost of applying a put. etcd keeps a similar
 //! in-memory index of every key.
@@ -15,9 +15,11 @@
 //!   revision, so it leaves the map alone.
 //! - A revision is packed into 8 bytes; one that does not fit (main ≥ 2^39 or sub ≥ 2^24) is kept
 //!   as [`Latest::Unknown`], and the caller seeks the on-disk index as it would without the map.
-//! - Only the apply path reads or changes it after loading (one thread at a time); readers at
-//!   other revisions never consult it. The mutex exists because [`super::Mvcc`] is shared, not
-//!   for contention, and is never held across a backend call.
+//! - Only the apply path changes it after loading (one thread at a time). Single-key reads consult
+//!   it too, but trust it only when it proves the answer for their revision (the key's newest
+//!   revision is at or below the read's; see `Mvcc::newest_if_at_or_below`), because it may
+//!   already describe a later revision than theirs. The mutex is held for one map operation,
+//!   never across a backend call.
 //! - Its size is bounded by the store's own: one entry per live key (the key plus 8 bytes, and
 //!   the hash table's slack), as the backend quota bounds the keys.
 

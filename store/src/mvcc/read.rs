@@ -11,6 +11,7 @@ use super::encoding::{
     IndexEntry, Record, RecordKind, decode_revision_key, escape_key, index_key_upper, index_seek_at, revision_key,
     split_index_key, unescape_key,
 };
+use super::latest::Latest;
 use super::{
     Event, EventKind, KeyValue, Mvcc, MvccError, RangeEnd, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget,
 };
@@ -168,22 +169,31 @@ impl Mvcc {
         // Fetch one more than the limit to learn whether there is more.
         let fetch_limit = if needs_all || req.limit <= 0 { usize::MAX } else { req.limit as usize + 1 };
 
-        // With an overlay, stored keys must be known individually to merge them, even for counts.
-        let collect_keys = !req.count_only || overlay.is_some();
-        let mut hits = Vec::new();
-        let mut count: i64 = 0;
-        self.scan_index(&req.key, &end, rev, |hit| {
-            count += 1;
-            if collect_keys && hits.len() < fetch_limit {
-                hits.push(hit);
+        let (mut kvs, mut count) = match self.newest_if_at_or_below(&req.key, &end, rev, overlay) {
+            Some(newest) => {
+                let kv = self.fetch_newest(&req.key, newest, !(req.keys_only || req.count_only))?;
+                (vec![kv], 1)
             }
-            ControlFlow::Continue(())
-        })?;
-
-        let mut kvs = if req.keys_only || req.count_only {
-            hits.into_iter().map(|hit| hit.into_key_value(Vec::new())).collect()
-        } else {
-            self.fetch_values(hits)?
+            None => {
+                // With an overlay, stored keys must be known individually to merge them, even for
+                // counts.
+                let collect_keys = !req.count_only || overlay.is_some();
+                let mut hits = Vec::new();
+                let mut count: i64 = 0;
+                self.scan_index(&req.key, &end, rev, |hit| {
+                    count += 1;
+                    if collect_keys && hits.len() < fetch_limit {
+                        hits.push(hit);
+                    }
+                    ControlFlow::Continue(())
+                })?;
+                let kvs = if req.keys_only || req.count_only {
+                    hits.into_iter().map(|hit| hit.into_key_value(Vec::new())).collect()
+                } else {
+                    self.fetch_values(hits)?
+                };
+                (kvs, count)
+            }
         };
 
         if let Some(overlay) = overlay {
@@ -216,6 +226,29 @@ impl Mvcc {
             more = true;
         }
         Ok(RangeResponse { revision: current, kvs, more, count })
+    }
+
+    /// For a single-key read at `rev` without an overlay: the revision of the key's newest version
+    /// when the live-key index proves it is also the newest at or below `rev`, so one point lookup
+    /// serves the read. The index describes some committed revision at or after `rev` (apply
+    /// records a commit before it advances the current revision, which `rev` was read from after);
+    /// a newest version at or below `rev` there means no version came after it up to `rev`. A key
+    /// the index lacks or holds at a later revision may have existed at `rev`: `None`, and the
+    /// caller seeks the on-disk index.
+    fn newest_if_at_or_below(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        overlay: Option<&Overlay>,
+    ) -> Option<Revision> {
+        if !matches!(end, RangeEnd::Single) || overlay.is_some() {
+            return None;
+        }
+        match self.latest.lookup(key) {
+            Latest::At(newest) if newest.main <= rev => Some(newest),
+            Latest::At(_) | Latest::Absent | Latest::Unknown => None,
+        }
     }
 
     /// The newest version of `key` at or below `rev` (≤ 0: latest), with its value.
