@@ -83,7 +83,8 @@ pub struct Mvcc {
     /// before any other store lock. Shared with the compactor thread.
     maintenance: Arc<RwLock<()>>,
     compactor: Compactor,
-    /// Every live key and its newest revision, for the apply path (`latest.rs`).
+    /// Every live key and its newest revision, for the apply path and single-key reads
+    /// (`latest.rs`).
     latest: LiveKeys,
 }
 
