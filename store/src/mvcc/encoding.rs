@@ -95,6 +95,12 @@ impl Record {
 
     /// Decodes a `Revs` value.
     pub fn decode(bytes: &[u8]) -> Result<Self, MvccError> {
+        let (meta, key, value) = Self::decode_parts(bytes)?;
+        Ok(Self { meta, key: key.to_vec(), value: value.to_vec() })
+    }
+
+    /// Decodes a `Revs` value into its metadata, key and value without copying the latter two.
+    pub fn decode_parts(bytes: &[u8]) -> Result<(IndexEntry, &[u8], &[u8]), MvccError> {
         if bytes.len() < INDEX_ENTRY_LEN + 4 {
             return Err(MvccError::Corrupt(format!("revision record of {} bytes", bytes.len())));
         }
@@ -109,12 +115,12 @@ impl Record {
         let Some(key_end) = key_start.checked_add(key_len).filter(|&end| end <= bytes.len()) else {
             return Err(MvccError::Corrupt("revision record key overruns the record".into()));
         };
-        Ok(Self { meta, key: bytes[key_start..key_end].to_vec(), value: bytes[key_end..].to_vec() })
+        Ok((meta, &bytes[key_start..key_end], &bytes[key_end..]))
     }
 
     /// Decodes only the value of a `Revs` value.
     pub fn decode_value(bytes: &[u8]) -> Result<Vec<u8>, MvccError> {
-        Ok(Self::decode(bytes)?.value)
+        Ok(Self::decode_parts(bytes)?.2.to_vec())
     }
 }
 

@@ -125,19 +125,19 @@ impl Mvcc {
         let bytes = self.backend.get(Cf::Revs, &revision_key(rev))?.ok_or_else(|| {
             MvccError::Corrupt(format!("the live-key index names revision {rev:?} but it is not stored"))
         })?;
-        let record = Record::decode(&bytes)?;
-        if record.key != key || record.meta.kind != RecordKind::Put {
+        let (meta, stored_key, value) = Record::decode_parts(&bytes)?;
+        if stored_key != key || meta.kind != RecordKind::Put {
             return Err(MvccError::Corrupt(format!(
                 "the live-key index names revision {rev:?} for a key, but that revision is not a put of it"
             )));
         }
         Ok(KeyValue {
-            key: record.key,
-            create_revision: record.meta.create_revision,
+            key: key.to_vec(),
+            create_revision: meta.create_revision,
             mod_revision: rev.main,
-            version: record.meta.version,
-            value: if with_value { record.value } else { Vec::new() },
-            lease: record.meta.lease,
+            version: meta.version,
+            value: if with_value { value.to_vec() } else { Vec::new() },
+            lease: meta.lease,
         })
     }
 
