@@ -90,6 +90,7 @@ impl LiveKeys {
         let mut cursor = backend.cursor(Cf::Index);
         cursor.seek_to_first();
         // Index order is (key ascending, revision descending): a key's first entry is its newest.
+        // The escaped key of the entry before, in one buffer reused for every key.
         let mut previous: Option<Vec<u8>> = None;
         while let Some((raw_key, raw_value)) = cursor.entry() {
             let (escaped, rev) = split_index_key(raw_key)?;
@@ -97,7 +98,9 @@ impl LiveKeys {
                 if IndexEntry::decode(raw_value)?.kind == RecordKind::Put {
                     keys.insert(unescape_key(escaped)?.into_boxed_slice(), pack(rev));
                 }
-                previous = Some(escaped.to_vec());
+                let buffer = previous.get_or_insert_with(Vec::new);
+                buffer.clear();
+                buffer.extend_from_slice(escaped);
             }
             cursor.next();
         }
@@ -155,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn loading_keeps_each_live_keys_newest_revision_and_skips_deleted_keys() {
+    fn loading_keeps_each_live_keys_newest_revision_and_skips_deleted_keys() -> Result<(), MvccError> {
         let backend = MemBackend::new();
         let mut batch = WriteBatch::new();
         for (key, main, kind) in [
@@ -169,17 +172,18 @@ mod tests {
             batch.put(Cf::Index, index_key(key, rev(main)), entry.encode());
             batch.put(Cf::Revs, revision_key(rev(main)), Vec::new());
         }
-        backend.write(batch, Durability::Buffered).unwrap();
-        let live = LiveKeys::load(&backend).unwrap();
+        backend.write(batch, Durability::Buffered)?;
+        let live = LiveKeys::load(&backend)?;
         assert_eq!(live.len(), 2);
         assert_eq!(live.lookup(b"a"), Latest::At(rev(3)));
         assert_eq!(live.lookup(b"a\x00"), Latest::At(rev(4)));
         assert_eq!(live.lookup(b"gone"), Latest::Absent);
+        Ok(())
     }
 
     #[test]
-    fn recorded_changes_apply_in_order() {
-        let live = LiveKeys::load(&MemBackend::new()).unwrap();
+    fn recorded_changes_apply_in_order() -> Result<(), MvccError> {
+        let live = LiveKeys::load(&MemBackend::new())?;
         live.record_all(&[(b"k".to_vec(), Some(rev(2))), (b"k".to_vec(), None), (b"j".to_vec(), Some(rev(3)))]);
         assert_eq!(live.lookup(b"k"), Latest::Absent);
         assert_eq!(live.lookup(b"j"), Latest::At(rev(3)));
@@ -187,16 +191,18 @@ mod tests {
         assert_eq!(live.lookup(b"k"), Latest::At(rev(5)));
         assert_eq!(live.lookup(b"j"), Latest::Absent);
         assert_eq!(live.len(), 1);
+        Ok(())
     }
 
     #[test]
-    fn revisions_too_large_to_pack_are_kept_as_unknown_not_truncated() {
+    fn revisions_too_large_to_pack_are_kept_as_unknown_not_truncated() -> Result<(), MvccError> {
         let fits = Revision { main: (1 << 39) - 1, sub: (1 << 24) - 1 };
         assert_eq!(unpack(pack(fits)), Latest::At(fits));
         for too_large in [Revision { main: 1 << 39, sub: 0 }, Revision { main: 2, sub: 1 << 24 }] {
-            let live = LiveKeys::load(&MemBackend::new()).unwrap();
+            let live = LiveKeys::load(&MemBackend::new())?;
             live.record_all(&[(b"k".to_vec(), Some(too_large))]);
             assert_eq!(live.lookup(b"k"), Latest::Unknown, "{too_large:?}");
         }
+        Ok(())
     }
 }
