@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 use super::hpack::{self, Decoder};
+use crate::tls::CoalescedWrites;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -303,7 +304,8 @@ pub struct PeerIdentity {
 /// A client connection (plain TCP or TLS) with the request-header repair applied to what the
 /// server reads.
 pub struct ClientConnection<S> {
-    io: S,
+    /// The client's stream; its writes are coalesced (see `tls::coalesce`).
+    io: CoalescedWrites<S>,
     identity: PeerIdentity,
     rewriter: Rewriter,
     /// Bytes read from the client, not yet processed (at most one frame plus a read).
@@ -319,7 +321,15 @@ impl ClientConnection<crate::tls::MaybeTls> {
     /// Wraps an established connection, plain or TLS.
     pub fn new(io: crate::tls::MaybeTls) -> Self {
         let identity = PeerIdentity { remote_addr: io.remote_addr(), certificate: io.client_identity() };
-        Self { io, identity, rewriter: Rewriter::new(), raw: Vec::new(), ready: Vec::new(), taken: 0, eof: false }
+        Self {
+            io: CoalescedWrites::new(io),
+            identity,
+            rewriter: Rewriter::new(),
+            raw: Vec::new(),
+            ready: Vec::new(),
+            taken: 0,
+            eof: false,
+        }
     }
 }
 

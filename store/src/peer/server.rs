@@ -226,7 +226,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     // With peer TLS, a connection exists only once the peer presented a certificate from the peer
     // CA (see `tls`), so nothing below sees a stranger.
-    let incoming = crate::tls::accept_all(listeners);
+    let incoming = crate::tls::accept_all(listeners).map(|conn| conn.map(crate::tls::CoalescedWrites::new));
     tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

@@ -8,6 +8,8 @@
 //!   certificates.
 //! - [`incoming`]: an accept loop that performs handshakes concurrently, bounded in number and time.
 //! - [`certs`]: certificate generation for `keel certs`.
+//! - [`CoalescedWrites`] (`coalesce.rs`): every HTTP/2 connection, served or dialled, writes
+//!   through it, so responses and requests finished together leave in one write.
 //!
 //! Invariant — rotation without restart: both kinds re-read their files when the files' size or
 //! modification time changed since the last load, at the next handshake. A rotation that leaves the
@@ -16,7 +18,10 @@
 //! connections keep the certificate they were opened with.
 
 pub mod certs;
+mod coalesce;
 mod incoming;
+
+pub use coalesce::CoalescedWrites;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -293,25 +298,35 @@ pub fn lazy_channel(
     // tonic sees a plain http:// URI either way; for TLS the connector performs the handshake.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host_port}"))
         .map_err(|e| ChannelError::Invalid(e.to_string()))?;
-    let endpoint = configure(endpoint).local_address(source);
-    if !secure {
-        return Ok(endpoint.connect_lazy());
-    }
-    let Some(client_tls) = tls else {
-        return Err(ChannelError::NoTls);
+    let endpoint = configure(endpoint);
+    let client_tls = match (secure, tls) {
+        (false, _) => None,
+        (true, Some(client_tls)) => Some(client_tls),
+        (true, None) => return Err(ChannelError::NoTls),
     };
     let host = host_port.rsplit_once(':').map_or(host_port.as_str(), |(host, _)| host).to_string();
+    // Our own connector for both schemes, so every connection writes through `CoalescedWrites`;
+    // tonic still applies the endpoint's connect timeout around it.
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
         let (client_tls, host_port, host) = (client_tls.clone(), host_port.clone(), host.clone());
         async move {
             let tcp = connect_from(&host_port, source).await?;
             tcp.set_nodelay(true)?;
-            let stream = client_tls.connect(tcp, &host).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            let stream: Box<dyn DialledStream> = match client_tls {
+                Some(client_tls) => Box::new(client_tls.connect(tcp, &host).await?),
+                None => Box::new(tcp),
+            };
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(CoalescedWrites::new(stream)))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
+
+/// A dialled connection, plain or TLS: one type for the connector to return (the extra
+/// indirection per read or write is nothing next to a system call).
+trait DialledStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> DialledStream for S {}
 
 /// Connects to `host_port`, leaving from `source` when given (trying each resolved address of
 /// the same family in turn).
