@@ -36,6 +36,8 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+/// Bytes read from the client per read call.
+const READ_CHUNK: usize = 16 * 1024;
 /// HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which the server keeps; re-encoded blocks are split to it.
 const MAX_FRAME: usize = 16_384;
 /// Largest frame accepted before giving up on rewriting (HTTP/2 allows up to 16 MiB).
@@ -220,10 +222,10 @@ impl Rewriter {
     ) -> Result<(), Failure> {
         let mut headers = self.decoder.decode(block).map_err(|_| Failure::Block)?;
         for (name, value) in &mut headers {
-            if name.as_slice() == b":authority"
+            if name.as_ref() == b":authority"
                 && let Some(fixed) = repaired_authority(value)
             {
-                *value = fixed;
+                *value = fixed.into();
                 // Sticky: a re-encoded block does not add the client's entries to the server's
                 // dynamic table, so no later block may be passed on as it came (it could refer
                 // to them); every block from here on is re-encoded without referring to the table.
@@ -315,6 +317,9 @@ pub struct ClientConnection<S> {
     /// How much of `ready` was handed over.
     taken: usize,
     eof: bool,
+    /// Where reads from the client land: allocated (and zeroed) once per connection rather than
+    /// on every read.
+    chunk: Box<[u8]>,
 }
 
 impl ClientConnection<crate::tls::MaybeTls> {
@@ -329,6 +334,7 @@ impl ClientConnection<crate::tls::MaybeTls> {
             ready: Vec::new(),
             taken: 0,
             eof: false,
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 }
@@ -355,8 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientConnection<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut chunk);
+            let mut read = ReadBuf::new(&mut this.chunk);
             match Pin::new(&mut this.io).poll_read(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
@@ -410,14 +415,16 @@ impl<S> Connected for ClientConnection<S> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn request_frames(authority: &str) -> Vec<u8> {
         let headers: Vec<hpack::Header> = vec![
-            (b":method".to_vec(), b"POST".to_vec()),
-            (b":scheme".to_vec(), b"http".to_vec()),
-            (b":path".to_vec(), b"/etcdserverpb.Maintenance/Status".to_vec()),
-            (b":authority".to_vec(), authority.as_bytes().to_vec()),
+            (Bytes::from_static(b":method"), Bytes::from_static(b"POST")),
+            (Bytes::from_static(b":scheme"), Bytes::from_static(b"http")),
+            (Bytes::from_static(b":path"), Bytes::from_static(b"/etcdserverpb.Maintenance/Status")),
+            (Bytes::from_static(b":authority"), Bytes::copy_from_slice(authority.as_bytes())),
         ];
         let block = hpack::encode(&headers);
         let mut out = PREFACE.to_vec();
@@ -457,8 +464,8 @@ mod tests {
                 block.extend_from_slice(payload);
                 if flags & END_HEADERS != 0 {
                     for (name, value) in decoder.decode(&block).unwrap() {
-                        if name == b":authority" {
-                            found.push(String::from_utf8(value).unwrap());
+                        if name.as_ref() == b":authority" {
+                            found.push(String::from_utf8(value.to_vec()).unwrap());
                         }
                     }
                     block.clear();
@@ -489,7 +496,7 @@ mod tests {
             HEADERS,
             END_HEADERS,
             3,
-            &hpack::encode(&[(b":authority".to_vec(), b"http://x:1".to_vec())]),
+            &hpack::encode(&[(Bytes::from_static(b":authority"), Bytes::from_static(b"http://x:1"))]),
         );
         let out = run(&input, 4);
         let mut expected = PREFACE.to_vec();

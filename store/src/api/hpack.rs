@@ -6,6 +6,8 @@
 //! panic), and the dynamic table never exceeds the size the server advertised.
 
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 use std::sync::OnceLock;
 
 /// Why a header block could not be decoded.
@@ -28,8 +30,9 @@ pub enum HpackError {
     TableTooLarge(usize),
 }
 
-/// A header: name and value bytes.
-pub type Header = (Vec<u8>, Vec<u8>);
+/// A header: name and value bytes. Reference-counted, so resolving an index into the tables (most
+/// fields of a connection's later requests) copies nothing.
+pub type Header = (Bytes, Bytes);
 
 /// RFC 7541 Appendix A.
 const STATIC_TABLE: [(&str, &str); 61] = [
@@ -203,13 +206,13 @@ fn read_int(input: &[u8], at: &mut usize, prefix: u8) -> Result<usize, HpackErro
     Ok(value)
 }
 
-fn read_string(input: &[u8], at: &mut usize) -> Result<Vec<u8>, HpackError> {
+fn read_string(input: &[u8], at: &mut usize) -> Result<Bytes, HpackError> {
     let huffman = input.get(*at).ok_or(HpackError::Truncated)? & 0x80 != 0;
     let len = read_int(input, at, 7)?;
     let end = at.checked_add(len).filter(|&e| e <= input.len()).ok_or(HpackError::Truncated)?;
     let raw = &input[*at..end];
     *at = end;
-    if huffman { huffman_decode(raw) } else { Ok(raw.to_vec()) }
+    if huffman { huffman_decode(raw).map(Bytes::from) } else { Ok(Bytes::copy_from_slice(raw)) }
 }
 
 /// Decodes header blocks of one connection direction, keeping its dynamic table.
@@ -232,7 +235,7 @@ impl Decoder {
         match index {
             1..=61 => {
                 let (name, value) = STATIC_TABLE[index - 1];
-                Ok((name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+                Ok((Bytes::from_static(name.as_bytes()), Bytes::from_static(value.as_bytes())))
             }
             _ => self.dynamic.get(index.wrapping_sub(62)).cloned().ok_or(HpackError::BadIndex(index)),
         }
@@ -348,8 +351,10 @@ mod tests {
 
     #[test]
     fn encoded_blocks_decode_to_the_same_headers() {
-        let headers: Vec<Header> =
-            vec![(b":authority".to_vec(), b"127.0.0.1:2379".to_vec()), (b"x-long".to_vec(), vec![b'a'; 300])];
+        let headers: Vec<Header> = vec![
+            (Bytes::from_static(b":authority"), Bytes::from_static(b"127.0.0.1:2379")),
+            (Bytes::from_static(b"x-long"), Bytes::from(vec![b'a'; 300])),
+        ];
         assert_eq!(Decoder::new(4096).decode(&encode(&headers)).unwrap(), headers);
     }
 
