@@ -267,7 +267,7 @@ impl Cluster {
     /// A lazily connecting TLS channel to member `i`'s client API.
     pub fn channel(&self, i: usize) -> Result<Channel, JepsenError> {
         keel_store::tls::lazy_channel(&self.members[i].client_url, Some(self.client_tls.clone()), None, |e| {
-            e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+            e.connect_timeout(Duration::from_secs(1))
         })
         .map_err(|err| JepsenError::Setup(format!("channel to {}: {err}", self.members[i].name)))
     }

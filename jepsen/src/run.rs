@@ -181,10 +181,9 @@ async fn run_external(options: TestOptions) -> Result<TestOutcome, JepsenError> 
     let mut members = Vec::new();
     for url in &options.endpoints {
         let name = url.split("://").nth(1).unwrap_or(url).to_string();
-        let channel = keel_store::tls::lazy_channel(url, tls.clone(), None, |e| {
-            e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
-        })
-        .map_err(|err| JepsenError::Usage(format!("endpoint {url}: {err}")))?;
+        let channel =
+            keel_store::tls::lazy_channel(url, tls.clone(), None, |e| e.connect_timeout(Duration::from_secs(1)))
+                .map_err(|err| JepsenError::Usage(format!("endpoint {url}: {err}")))?;
         members.push((name, channel));
     }
     let mut kv = keel_proto::etcdserverpb::kv_client::KvClient::new(members[0].1.clone());

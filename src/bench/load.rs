@@ -127,10 +127,9 @@ pub async fn connect(endpoints: &[String], conns: usize, tls: Option<Arc<ClientT
         endpoints.iter().map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") }).collect();
     for i in 0..conns {
         let url = &endpoints[i % endpoints.len()];
-        let channel = keel_store::tls::lazy_channel(url, tls.clone(), None, |e| {
-            e.tcp_nodelay(true).connect_timeout(Duration::from_secs(5))
-        })
-        .with_context(|| format!("endpoint {url}"))?;
+        let channel =
+            keel_store::tls::lazy_channel(url, tls.clone(), None, |e| e.connect_timeout(Duration::from_secs(5)))
+                .with_context(|| format!("endpoint {url}"))?;
         let mut maintenance = MaintenanceClient::new(channel.clone());
         tokio::time::timeout(Duration::from_secs(10), maintenance.status(StatusRequest {}))
             .await

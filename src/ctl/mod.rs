@@ -185,7 +185,7 @@ impl Client {
     pub fn channel(&self, endpoint: &str) -> Result<Channel> {
         let url = self.url(endpoint);
         let dial = self.global.dial_timeout;
-        keel_store::tls::lazy_channel(&url, self.tls.clone(), None, |e| e.connect_timeout(dial).tcp_nodelay(true))
+        keel_store::tls::lazy_channel(&url, self.tls.clone(), None, |e| e.connect_timeout(dial))
             .with_context(|| format!("endpoint {url}"))
     }
 

@@ -6,9 +6,9 @@
 //! panic), and the dynamic table never exceeds the size the server advertised.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use std::sync::OnceLock;
 
 /// Why a header block could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -125,7 +125,6 @@ impl Peers {
         crate::tls::lazy_channel(url, self.tls.clone(), self.source, |endpoint| {
             endpoint
                 .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(20))
         })

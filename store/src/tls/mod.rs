@@ -279,10 +279,12 @@ pub enum ChannelError {
 }
 
 /// A lazily connecting gRPC channel to `url` (`http://host:port` or `https://host:port`):
-/// `configure` sets the endpoint's timeouts and keep-alives. For `https://` the handshake is made
-/// by `tls` (the server's certificate must name the URL's host); without `tls` an `https://` URL is
-/// an error. With `source`, connections leave from that address. Shared by members (peer
-/// connections) and `keel ctl` (client connections).
+/// `configure` sets the endpoint's timeouts and HTTP/2 keep-alives. For `https://` the handshake
+/// is made by `tls` (the server's certificate must name the URL's host); without `tls` an
+/// `https://` URL is an error. With `source`, connections leave from that address. The connection
+/// is made here, not by tonic, so the endpoint's TCP options do not apply: every connection has
+/// `TCP_NODELAY` set and writes through [`CoalescedWrites`]. Shared by members (peer connections),
+/// `keel ctl`, `keel bench` and the chaos suite (client connections).
 pub fn lazy_channel(
     url: &str,
     tls: Option<Arc<ClientTls>>,
