@@ -15,7 +15,10 @@
 //! alternating from round to round, and the table shows each store's run with the median rate:
 //! on a shared two-core machine one run of a line swings by more than builds differ.
 //! Before each store's run of a line, both stores are left to fall quiet (at most a minute), so
-//! neither is measured while either one still compacts what the line before wrote.
+//! neither is measured while either one still compacts what the line before wrote. Each row also
+//! shows the share of the machine's CPU time the hypervisor took away (`steal` in `/proc/stat`)
+//! during each store's shown run: on a shared virtual machine that share swings from 0 to over
+//! half, and a row measured under it says more about the host than about either store.
 //!
 //! Invariants: every process it starts is its child, killed (and reaped) when the comparison ends
 //! or fails; data lives in a temporary directory removed at the end; each suite line is bounded by
@@ -239,6 +242,44 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
+/// Steal and total jiffies of all CPUs from `/proc/stat`'s first line (`cpu user nice system
+/// idle iowait irq softirq steal …`).
+fn stat_steal_and_total(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.map(str::parse).collect::<Result<_, _>>().ok()?;
+    let steal = *values.get(7)?;
+    Some((steal, values.iter().sum()))
+}
+
+/// The machine's steal and total jiffies now; `None` where `/proc/stat` cannot be read.
+fn steal_and_total() -> Option<(u64, u64)> {
+    stat_steal_and_total(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The share of CPU time stolen between two readings, in per cent.
+fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((steal0, total0), (steal1, total1)) = (before?, after?);
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(100.0 * steal1.saturating_sub(steal0) as f64 / total as f64)
+}
+
+/// One store's run of a suite line, and the steal time while it ran.
+struct Run {
+    report: Report,
+    steal_percent: Option<f64>,
+}
+
+/// Runs one suite line and reads the steal time around it.
+async fn measured_run(bound: Duration, line: &str, endpoints: &[String]) -> Result<Run> {
+    let before = steal_and_total();
+    let report = run_line_within(bound, line, endpoints).await?;
+    Ok(Run { report, steal_percent: steal_percent(before, steal_and_total()) })
+}
+
 /// Longest wait for both stores to fall quiet before a suite line.
 const QUIET_BOUND: Duration = Duration::from_secs(60);
 
@@ -308,19 +349,18 @@ impl Pair {
                 let etcd_first = (n + round) % 2 == 0;
                 let (first, second) = if etcd_first { (&self.etcd, &self.keel) } else { (&self.keel, &self.etcd) };
                 self.settle().await?;
-                let a = run_line_within(bound, line, &first.leader_first().await?)
-                    .await
-                    .with_context(|| label.to_string())?;
+                let a =
+                    measured_run(bound, line, &first.leader_first().await?).await.with_context(|| label.to_string())?;
                 self.settle().await?;
-                let b = run_line_within(bound, line, &second.leader_first().await?)
+                let b = measured_run(bound, line, &second.leader_first().await?)
                     .await
                     .with_context(|| label.to_string())?;
-                let (etcd_report, keel_report) = if etcd_first { (a, b) } else { (b, a) };
+                let (etcd_run, keel_run) = if etcd_first { (a, b) } else { (b, a) };
                 if rounds > 1 {
-                    eprintln!("   round {}: {}", round + 1, row(label, size, &etcd_report, &keel_report));
+                    eprintln!("   round {}: {}", round + 1, row(label, size, &etcd_run, &keel_run));
                 }
-                etcd_runs.push(etcd_report);
-                keel_runs.push(keel_report);
+                etcd_runs.push(etcd_run);
+                keel_runs.push(keel_run);
             }
             let row = row(label, size, &median_run(etcd_runs), &median_run(keel_runs));
             eprintln!("{row}");
@@ -493,17 +533,19 @@ fn ms(d: Duration) -> String {
 }
 
 /// Of several runs of one line against one store (at least one), the run with the median rate.
-fn median_run(mut runs: Vec<Report>) -> Report {
-    runs.sort_by(|a, b| a.qps().total_cmp(&b.qps()));
+fn median_run(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.report.qps().total_cmp(&b.report.qps()));
     runs.swap_remove(runs.len() / 2)
 }
 
-/// One table row from the two reports.
-fn row(label: &str, size: usize, etcd: &Report, keel: &Report) -> String {
+/// One table row from the two runs.
+fn row(label: &str, size: usize, etcd_run: &Run, keel_run: &Run) -> String {
+    let (etcd, keel) = (&etcd_run.report, &keel_run.report);
     let p99 = |r: &Report| r.latency(0.99);
     let lost = |r: &Report| if r.errors() > 0 { format!(" ({} failed)", r.errors()) } else { String::new() };
+    let steal = |run: &Run| run.steal_percent.map_or_else(|| "?".to_string(), |p| format!("{p:.0}"));
     format!(
-        "| {label} | {size} | {:.0}{} | {:.0}{} | **{:.2}×** | {} | {} | {} | {:.2} |",
+        "| {label} | {size} | {:.0}{} | {:.0}{} | **{:.2}×** | {} | {} | {} | {:.2} | {} / {} |",
         etcd.qps(),
         lost(etcd),
         keel.qps(),
@@ -513,6 +555,8 @@ fn row(label: &str, size: usize, etcd: &Report, keel: &Report) -> String {
         ms(keel.mean()),
         ms(p99(etcd)),
         p99(keel).as_secs_f64() / p99(etcd).as_secs_f64(),
+        steal(etcd_run),
+        steal(keel_run),
     )
 }
 
@@ -537,9 +581,9 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
     let scratch = Scratch::new()?;
     let (fsync, round_trip) = floor(scratch.path())?;
     let mut table = vec![
-        "| benchmark | members | etcd req/s | Keel req/s | Keel/etcd | etcd mean | Keel mean | etcd p99 | Keel p99 / etcd p99 |"
+        "| benchmark | members | etcd req/s | Keel req/s | Keel/etcd | etcd mean | Keel mean | etcd p99 | Keel p99 / etcd p99 | steal % (etcd / Keel run) |"
             .to_string(),
-        "|---|---|---|---|---|---|---|---|---|".to_string(),
+        "|---|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     let selected = |label: &str| args.only.as_ref().is_none_or(|only| label.contains(only.as_str()));
     let lines: Vec<&(&str, &str)> = SUITE.iter().filter(|(label, _)| selected(label)).collect();
@@ -645,16 +689,32 @@ async fn compare_uninterrupted(args: CompareArgs) -> Result<()> {
 mod tests {
     use std::time::Duration;
 
-    use super::{Report, median_run, stat_cpu_ticks};
+    use super::{Report, Run, median_run, stat_cpu_ticks, stat_steal_and_total, steal_percent};
 
     #[test]
     fn the_median_run_is_the_one_with_the_middle_rate() {
-        let run = |requests: usize| {
-            Report::new(vec![Duration::from_millis(1); requests], 0, None, Duration::from_secs(1)).unwrap()
+        let run = |requests: usize| Run {
+            report: Report::new(vec![Duration::from_millis(1); requests], 0, None, Duration::from_secs(1)).unwrap(),
+            steal_percent: Some(requests as f64),
         };
-        assert_eq!(median_run(vec![run(30), run(10), run(20)]).requests(), 20);
-        assert_eq!(median_run(vec![run(7)]).requests(), 7);
-        assert_eq!(median_run(vec![run(5), run(9)]).requests(), 9);
+        let median = median_run(vec![run(30), run(10), run(20)]);
+        assert_eq!(median.report.requests(), 20);
+        assert_eq!(median.steal_percent, Some(20.0), "the shown run's own steal time goes with it");
+        assert_eq!(median_run(vec![run(7)]).report.requests(), 7);
+        assert_eq!(median_run(vec![run(5), run(9)]).report.requests(), 9);
+    }
+
+    #[test]
+    fn steal_time_is_the_stolen_share_of_all_cpu_time_between_two_readings() {
+        let before = "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n";
+        let after = "cpu  200 0 100 1500 10 0 5 185 0 0\ncpu0 100 0 50 750 5 0 2 93 0 0\n";
+        assert_eq!(stat_steal_and_total(before), Some((35, 1000)));
+        assert_eq!(stat_steal_and_total(after), Some((185, 2000)));
+        assert_eq!(steal_percent(stat_steal_and_total(before), stat_steal_and_total(after)), Some(15.0));
+        assert_eq!(stat_steal_and_total("intr 1 2 3\n"), None, "the first line must be the CPU total");
+        assert_eq!(stat_steal_and_total("cpu  1 2 3\n"), None, "a kernel without a steal field");
+        assert_eq!(steal_percent(Some((5, 100)), Some((5, 100))), None, "no time passed");
+        assert_eq!(steal_percent(None, Some((5, 100))), None);
     }
 
     #[test]
