@@ -1,9 +1,9 @@
 //! The live-key index: every live key and the revision of its newest version, in memory, so the
 //! apply path learns that a key does not exist without touching the backend, and where its newest
-//! version is with one point read instead of an index seek (single-key reads use the latter too). Every put needs that version (for its
-//! create revision and version count), and the seek, mostly a memtable skiplist search and an
-//! iterator's set-up, was the largest single cost of applying a put. etcd keeps a similar
-//! in-memory index of every key.
+//! version is with one point read instead of an index seek; single-key reads use it the same way
+//! when it proves their answer. Every put needs that version (for its create revision and version
+//! count), and the seek, mostly a memtable skiplist search and an iterator's set-up, was the
+//! largest single cost of applying a put. etcd keeps a similar in-memory index of every key.
 //!
 //! Invariants:
 //! - The map holds exactly the keys that exist at the latest committed revision, each with its
