@@ -1,13 +1,16 @@
-//! The live-key index: every live key and the revision of its newest version, in memory, so the
-//! apply path learns that a key does not exist without touching the backend, and where its newest
-//! version is with one point read instead of an index seek; single-key reads use it the same way
-//! when it proves their answer. Every put needs that version (for its create revision and version
-//! count), and the seek, mostly a memtable skiplist search and an iterator's set-up, was the
-//! largest single cost of applying a put. etcd keeps a similar in-memory index of every key.
+//! The live-key index: every live key with its newest version's revision and metadata (create
+//! revision, version count, lease), in memory, so the apply path learns that a key does not exist,
+//! or what its next version builds on, without touching the backend, and single-key reads find
+//! the version with one point read (or none, when they want no value) instead of an index seek.
+//! Every put needs the previous version's create revision and version count; reading them from
+//! the backend, first with an index seek and then with a point read of the newest record, was the
+//! largest single cost of applying a put (a tenth of a member's CPU under concurrent puts, most of
+//! it the memtable's skiplist search). etcd keeps a similar in-memory index of every key.
 //!
 //! Invariants:
 //! - The map holds exactly the keys that exist at the latest committed revision, each with its
-//!   newest version's revision; a key that was never written, was deleted, or whose tombstone was
+//!   newest version's revision, create revision, version and lease, equal to that version's
+//!   stored index entry; a key that was never written, was deleted, or whose tombstone was
 //!   compacted is absent. It is loaded from the on-disk index when the MVCC store opens and again
 //!   by [`super::Mvcc::reload`] when a snapshot replaces the data; the apply path records each
 //!   committed change after its backend write ([`super::WriteTxn::commit`],
@@ -20,14 +23,14 @@
 //!   revision is at or below the read's; see `Mvcc::newest_if_at_or_below`), because it may
 //!   already describe a later revision than theirs. The mutex is held for one map operation,
 //!   never across a backend call.
-//! - Its size is bounded by the store's own: one entry per live key (the key plus 8 bytes, and
+//! - Its size is bounded by the store's own: one entry per live key (the key plus 32 bytes, and
 //!   the hash table's slack), as the backend quota bounds the keys.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::encoding::{IndexEntry, RecordKind, split_index_key, unescape_key};
-use super::{MvccError, Revision};
+use super::{KeyValue, MvccError, Revision};
 use crate::backend::{Backend, Cf};
 
 /// Bits of a packed revision that hold `sub`; the rest (below the sign bit) hold `main`.
@@ -35,13 +38,42 @@ const SUB_BITS: u32 = 24;
 /// A packed revision that stands for "live, revision not held".
 const UNKNOWN: u64 = u64::MAX;
 
+/// A live key's newest version: where it is stored and what its index entry says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Newest {
+    pub(crate) rev: Revision,
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+}
+
+impl Newest {
+    /// The version written at `rev` with the metadata of `entry` (a put's index entry).
+    pub(crate) fn new(rev: Revision, entry: &IndexEntry) -> Self {
+        Newest { rev, create_revision: entry.create_revision, version: entry.version, lease: entry.lease }
+    }
+
+    /// The version as a key-value pair of `key` carrying `value` (empty when the caller wants no
+    /// value, which the index does not hold).
+    pub(crate) fn key_value(&self, key: Vec<u8>, value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: self.rev.main,
+            version: self.version,
+            value,
+            lease: self.lease,
+        }
+    }
+}
+
 /// What the index says about a key at the latest committed revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Latest {
     /// The key does not exist.
     Absent,
-    /// The key exists; its newest version has this revision.
-    At(Revision),
+    /// The key exists; this is its newest version.
+    At(Newest),
     /// The key exists but its revision did not fit the packing; seek the on-disk index.
     Unknown,
 }
@@ -53,22 +85,53 @@ fn pack(rev: Revision) -> u64 {
     }
 }
 
-fn unpack(packed: u64) -> Latest {
+fn unpack(packed: u64) -> Option<Revision> {
     if packed == UNKNOWN {
-        return Latest::Unknown;
+        return None;
     }
     // Both parts are below 2^39 and 2^24, so the conversions cannot fail.
     let main = i64::try_from(packed >> SUB_BITS).unwrap_or(i64::MAX);
     let sub = i64::try_from(packed & ((1 << SUB_BITS) - 1)).unwrap_or(0);
-    Latest::At(Revision { main, sub })
+    Some(Revision { main, sub })
 }
 
-type LiveMap = HashMap<Box<[u8]>, u64>;
+/// A live key's newest version as the map holds it: the revision packed, the metadata as stored.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    packed_rev: u64,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl Slot {
+    fn of(newest: &Newest) -> Self {
+        Slot {
+            packed_rev: pack(newest.rev),
+            create_revision: newest.create_revision,
+            version: newest.version,
+            lease: newest.lease,
+        }
+    }
+
+    fn latest(&self) -> Latest {
+        match unpack(self.packed_rev) {
+            None => Latest::Unknown,
+            Some(rev) => Latest::At(Newest {
+                rev,
+                create_revision: self.create_revision,
+                version: self.version,
+                lease: self.lease,
+            }),
+        }
+    }
+}
+
+type LiveMap = HashMap<Box<[u8]>, Slot>;
 
 /// The index; see the module documentation.
 pub(crate) struct LiveKeys {
-    /// Live key → packed revision of its newest version. Held only for a lookup, an update or a
-    /// reload's swap.
+    /// Live key → its newest version. Held only for a lookup, an update or a reload's swap.
     keys: Mutex<LiveMap>,
 }
 
@@ -95,8 +158,9 @@ impl LiveKeys {
         while let Some((raw_key, raw_value)) = cursor.entry() {
             let (escaped, rev) = split_index_key(raw_key)?;
             if previous.as_deref() != Some(escaped) {
-                if IndexEntry::decode(raw_value)?.kind == RecordKind::Put {
-                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), pack(rev));
+                let entry = IndexEntry::decode(raw_value)?;
+                if entry.kind == RecordKind::Put {
+                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), Slot::of(&Newest::new(rev, &entry)));
                 }
                 let buffer = previous.get_or_insert_with(Vec::new);
                 buffer.clear();
@@ -115,22 +179,22 @@ impl LiveKeys {
 
     /// The state of `key` at the latest committed revision.
     pub(crate) fn lookup(&self, key: &[u8]) -> Latest {
-        self.lock().get(key).map_or(Latest::Absent, |packed| unpack(*packed))
+        self.lock().get(key).map_or(Latest::Absent, Slot::latest)
     }
 
-    /// Records the changes of one commit, in order (a later change of a key wins): the revision of
-    /// a key's new newest version, or `None` for a deleted key.
-    pub(crate) fn record_all(&self, changes: &[(Vec<u8>, Option<Revision>)]) {
+    /// Records the changes of one commit, in order (a later change of a key wins): a key's new
+    /// newest version, or `None` for a deleted key.
+    pub(crate) fn record_all(&self, changes: &[(Vec<u8>, Option<Newest>)]) {
         if changes.is_empty() {
             return;
         }
         let mut keys = self.lock();
         for (key, change) in changes {
             match change {
-                Some(rev) => match keys.get_mut(key.as_slice()) {
-                    Some(known) => *known = pack(*rev),
+                Some(newest) => match keys.get_mut(key.as_slice()) {
+                    Some(known) => *known = Slot::of(newest),
                     None => {
-                        keys.insert(key.clone().into_boxed_slice(), pack(*rev));
+                        keys.insert(key.clone().into_boxed_slice(), Slot::of(newest));
                     }
                 },
                 None => {
@@ -157,26 +221,31 @@ mod tests {
         Revision { main, sub: 0 }
     }
 
+    /// A version written at `main` by the key's `version`-th put since its creation at `created`.
+    fn newest(main: i64, created: i64, version: i64, lease: i64) -> Newest {
+        Newest { rev: rev(main), create_revision: created, version, lease }
+    }
+
     #[test]
-    fn loading_keeps_each_live_keys_newest_revision_and_skips_deleted_keys() -> Result<(), MvccError> {
+    fn loading_keeps_each_live_keys_newest_version_and_skips_deleted_keys() -> Result<(), MvccError> {
         let backend = MemBackend::new();
         let mut batch = WriteBatch::new();
-        for (key, main, kind) in [
-            (&b"a"[..], 2, RecordKind::Put),
-            (b"a", 3, RecordKind::Put),
-            (b"a\x00", 4, RecordKind::Put),
-            (b"gone", 5, RecordKind::Put),
-            (b"gone", 6, RecordKind::Tombstone),
+        for (key, main, kind, version, lease) in [
+            (&b"a"[..], 2, RecordKind::Put, 1, 0),
+            (b"a", 3, RecordKind::Put, 2, 7),
+            (b"a\x00", 4, RecordKind::Put, 1, 0),
+            (b"gone", 5, RecordKind::Put, 1, 0),
+            (b"gone", 6, RecordKind::Tombstone, 0, 0),
         ] {
-            let entry = IndexEntry { kind, create_revision: 2, version: 1, lease: 0 };
+            let entry = IndexEntry { kind, create_revision: 2, version, lease };
             batch.put(Cf::Index, index_key(key, rev(main)), entry.encode());
             batch.put(Cf::Revs, revision_key(rev(main)), Vec::new());
         }
         backend.write(batch, Durability::Buffered)?;
         let live = LiveKeys::load(&backend)?;
         assert_eq!(live.len(), 2);
-        assert_eq!(live.lookup(b"a"), Latest::At(rev(3)));
-        assert_eq!(live.lookup(b"a\x00"), Latest::At(rev(4)));
+        assert_eq!(live.lookup(b"a"), Latest::At(newest(3, 2, 2, 7)));
+        assert_eq!(live.lookup(b"a\x00"), Latest::At(newest(4, 2, 1, 0)));
         assert_eq!(live.lookup(b"gone"), Latest::Absent);
         Ok(())
     }
@@ -184,11 +253,19 @@ mod tests {
     #[test]
     fn recorded_changes_apply_in_order() -> Result<(), MvccError> {
         let live = LiveKeys::load(&MemBackend::new())?;
-        live.record_all(&[(b"k".to_vec(), Some(rev(2))), (b"k".to_vec(), None), (b"j".to_vec(), Some(rev(3)))]);
+        live.record_all(&[
+            (b"k".to_vec(), Some(newest(2, 2, 1, 0))),
+            (b"k".to_vec(), None),
+            (b"j".to_vec(), Some(newest(3, 3, 1, 0))),
+        ]);
         assert_eq!(live.lookup(b"k"), Latest::Absent);
-        assert_eq!(live.lookup(b"j"), Latest::At(rev(3)));
-        live.record_all(&[(b"k".to_vec(), Some(rev(4))), (b"j".to_vec(), None), (b"k".to_vec(), Some(rev(5)))]);
-        assert_eq!(live.lookup(b"k"), Latest::At(rev(5)));
+        assert_eq!(live.lookup(b"j"), Latest::At(newest(3, 3, 1, 0)));
+        live.record_all(&[
+            (b"k".to_vec(), Some(newest(4, 4, 1, 0))),
+            (b"j".to_vec(), None),
+            (b"k".to_vec(), Some(newest(5, 4, 2, 9))),
+        ]);
+        assert_eq!(live.lookup(b"k"), Latest::At(newest(5, 4, 2, 9)));
         assert_eq!(live.lookup(b"j"), Latest::Absent);
         assert_eq!(live.len(), 1);
         Ok(())
@@ -197,10 +274,11 @@ mod tests {
     #[test]
     fn revisions_too_large_to_pack_are_kept_as_unknown_not_truncated() -> Result<(), MvccError> {
         let fits = Revision { main: (1 << 39) - 1, sub: (1 << 24) - 1 };
-        assert_eq!(unpack(pack(fits)), Latest::At(fits));
+        assert_eq!(unpack(pack(fits)), Some(fits));
         for too_large in [Revision { main: 1 << 39, sub: 0 }, Revision { main: 2, sub: 1 << 24 }] {
             let live = LiveKeys::load(&MemBackend::new())?;
-            live.record_all(&[(b"k".to_vec(), Some(too_large))]);
+            let version = Newest { rev: too_large, create_revision: 2, version: 1, lease: 0 };
+            live.record_all(&[(b"k".to_vec(), Some(version))]);
             assert_eq!(live.lookup(b"k"), Latest::Unknown, "{too_large:?}");
         }
         Ok(())

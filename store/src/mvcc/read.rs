@@ -11,7 +11,7 @@ use super::encoding::{
     IndexEntry, Record, RecordKind, decode_revision_key, escape_key, index_key_upper, index_seek_at, revision_key,
     split_index_key, unescape_key,
 };
-use super::latest::Latest;
+use super::latest::{Latest, Newest};
 use super::{
     Event, EventKind, KeyValue, Mvcc, MvccError, RangeEnd, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget,
 };
@@ -119,9 +119,9 @@ impl Mvcc {
             .collect()
     }
 
-    /// The version of `key` stored at `rev`, which the live-key index names as its newest (so it
-    /// must be a put of that key); the value is kept only when `with_value`.
-    pub(crate) fn fetch_newest(&self, key: &[u8], rev: Revision, with_value: bool) -> Result<KeyValue, MvccError> {
+    /// The version of `key` stored at `rev`, with its value, which the live-key index names as its
+    /// newest (so it must be a put of that key).
+    pub(crate) fn fetch_newest(&self, key: &[u8], rev: Revision) -> Result<KeyValue, MvccError> {
         let bytes = self.backend.get(Cf::Revs, &revision_key(rev))?.ok_or_else(|| {
             MvccError::Corrupt(format!("the live-key index names revision {rev:?} but it is not stored"))
         })?;
@@ -136,7 +136,7 @@ impl Mvcc {
             create_revision: meta.create_revision,
             mod_revision: rev.main,
             version: meta.version,
-            value: if with_value { value.to_vec() } else { Vec::new() },
+            value: value.to_vec(),
             lease: meta.lease,
         })
     }
@@ -170,10 +170,9 @@ impl Mvcc {
         let fetch_limit = if needs_all || req.limit <= 0 { usize::MAX } else { req.limit as usize + 1 };
 
         let (mut kvs, mut count) = match self.newest_if_at_or_below(&req.key, &end, rev, overlay) {
-            Some(newest) => {
-                let kv = self.fetch_newest(&req.key, newest, !(req.keys_only || req.count_only))?;
-                (vec![kv], 1)
-            }
+            // The index holds everything but the value.
+            Some(newest) if req.keys_only || req.count_only => (vec![newest.key_value(req.key.clone(), Vec::new())], 1),
+            Some(newest) => (vec![self.fetch_newest(&req.key, newest.rev)?], 1),
             None => {
                 // With an overlay, stored keys must be known individually to merge them, even for
                 // counts.
@@ -228,25 +227,19 @@ impl Mvcc {
         Ok(RangeResponse { revision: current, kvs, more, count })
     }
 
-    /// For a single-key read at `rev` without an overlay: the revision of the key's newest version
-    /// when the live-key index proves it is also the newest at or below `rev`, so one point lookup
-    /// serves the read. The index describes some committed revision at or after `rev` (apply
+    /// For a single-key read at `rev` without an overlay: the key's newest version when the
+    /// live-key index proves it is also the newest at or below `rev`, so the read needs one point
+    /// lookup for the value, or none without one. The index describes some committed revision at or after `rev` (apply
     /// records a commit before it advances the current revision, which `rev` was read from after);
     /// a newest version at or below `rev` there means no version came after it up to `rev`. A key
     /// the index lacks or holds at a later revision may have existed at `rev`: `None`, and the
     /// caller seeks the on-disk index.
-    fn newest_if_at_or_below(
-        &self,
-        key: &[u8],
-        end: &RangeEnd,
-        rev: i64,
-        overlay: Option<&Overlay>,
-    ) -> Option<Revision> {
+    fn newest_if_at_or_below(&self, key: &[u8], end: &RangeEnd, rev: i64, overlay: Option<&Overlay>) -> Option<Newest> {
         if !matches!(end, RangeEnd::Single) || overlay.is_some() {
             return None;
         }
         match self.latest.lookup(key) {
-            Latest::At(newest) if newest.main <= rev => Some(newest),
+            Latest::At(newest) if newest.rev.main <= rev => Some(newest),
             Latest::At(_) | Latest::Absent | Latest::Unknown => None,
         }
     }

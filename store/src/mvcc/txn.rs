@@ -15,7 +15,7 @@
 use std::ops::ControlFlow;
 
 use super::encoding::{IndexEntry, Record, RecordKind, index_key, lease_attachment_key, revision_key};
-use super::latest::Latest;
+use super::latest::{Latest, Newest};
 use super::read::Overlay;
 use super::{
     Event, EventKind, KeyValue, LeaseCheck, Mvcc, MvccError, PutRequest, PutResponse, RangeEnd, RangeRequest,
@@ -40,7 +40,7 @@ pub struct WriteTxn<'a> {
     batch: WriteBatch,
     /// Every key this transaction wrote and its state afterwards, in order: what the live-key index
     /// records once the batch is written.
-    changes: Vec<(Vec<u8>, Option<Revision>)>,
+    changes: Vec<(Vec<u8>, Option<Newest>)>,
 }
 
 /// What a committed transaction produced.
@@ -81,7 +81,7 @@ impl Mvcc {
         advanced_to: Option<i64>,
         extra: WriteBatch,
         durability: Durability,
-        changes: &[(Vec<u8>, Option<Revision>)],
+        changes: &[(Vec<u8>, Option<Newest>)],
     ) -> Result<(), MvccError> {
         if let Some(revision) = advanced_to {
             batch.put(Cf::Meta, format::CURRENT_REVISION_KEY, revision.to_be_bytes());
@@ -111,7 +111,7 @@ pub struct StagedPuts {
     batch: WriteBatch,
     committed: Vec<Committed>,
     /// The staged puts' changes for the live-key index, in order.
-    changes: Vec<(Vec<u8>, Option<Revision>)>,
+    changes: Vec<(Vec<u8>, Option<Newest>)>,
 }
 
 impl StagedPuts {
@@ -214,7 +214,9 @@ impl<'a> WriteTxn<'a> {
         }
         let found = match self.mvcc.latest.lookup(key) {
             Latest::Absent => return Ok(None),
-            Latest::At(rev) => return self.mvcc.fetch_newest(key, rev, with_value).map(Some),
+            // The index holds everything but the value.
+            Latest::At(newest) if !with_value => return Ok(Some(newest.key_value(key.to_vec(), Vec::new()))),
+            Latest::At(newest) => return self.mvcc.fetch_newest(key, newest.rev).map(Some),
             Latest::Unknown => {
                 let mut found = None;
                 self.mvcc.scan_index(key, &RangeEnd::Single, self.base, |hit| {
@@ -251,7 +253,7 @@ impl<'a> WriteTxn<'a> {
         let record = Record { meta: entry, key: key.to_vec(), value };
         self.batch.put(Cf::Index, index_key(key, rev), entry.encode());
         self.batch.put(Cf::Revs, revision_key(rev), record.encode());
-        self.changes.push((key.to_vec(), Some(rev)));
+        self.changes.push((key.to_vec(), Some(Newest::new(rev, &entry))));
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {

@@ -160,7 +160,9 @@ impl Member {
     }
 
     async fn try_propose_local(&self, command: Command, timeout: Duration) -> Local<CommandResponse> {
-        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+        // openraft's write future is about 2 KiB; boxed, it is not copied again into every future
+        // that awaits this one (the request handler's among them).
+        match tokio::time::timeout(timeout, Box::pin(self.raft.client_write(command))).await {
             Err(_) => Local::Done(Err(StoreError::Timeout)),
             Ok(Ok(resp)) => Local::Done(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Local::NotLeader,
