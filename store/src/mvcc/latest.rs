@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::encoding::{IndexEntry, RecordKind, split_index_key, unescape_key};
+use super::read::IndexHit;
 use super::{KeyValue, MvccError, Revision};
 use crate::backend::{Backend, Cf};
 
@@ -42,28 +43,15 @@ const UNKNOWN: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Newest {
     pub(crate) rev: Revision,
-    pub(crate) create_revision: i64,
-    pub(crate) version: i64,
-    pub(crate) lease: i64,
+    /// A put's entry (the index holds no tombstones).
+    pub(crate) entry: IndexEntry,
 }
 
 impl Newest {
-    /// The version written at `rev` with the metadata of `entry` (a put's index entry).
-    pub(crate) fn new(rev: Revision, entry: &IndexEntry) -> Self {
-        Newest { rev, create_revision: entry.create_revision, version: entry.version, lease: entry.lease }
-    }
-
     /// The version as a key-value pair of `key` carrying `value` (empty when the caller wants no
     /// value, which the index does not hold).
-    pub(crate) fn key_value(&self, key: Vec<u8>, value: Vec<u8>) -> KeyValue {
-        KeyValue {
-            key,
-            create_revision: self.create_revision,
-            mod_revision: self.rev.main,
-            version: self.version,
-            value,
-            lease: self.lease,
-        }
+    pub(crate) fn key_value(self, key: Vec<u8>, value: Vec<u8>) -> KeyValue {
+        IndexHit { key, rev: self.rev, entry: self.entry }.into_key_value(value)
     }
 }
 
@@ -108,9 +96,9 @@ impl Slot {
     fn of(newest: &Newest) -> Self {
         Slot {
             packed_rev: pack(newest.rev),
-            create_revision: newest.create_revision,
-            version: newest.version,
-            lease: newest.lease,
+            create_revision: newest.entry.create_revision,
+            version: newest.entry.version,
+            lease: newest.entry.lease,
         }
     }
 
@@ -119,9 +107,12 @@ impl Slot {
             None => Latest::Unknown,
             Some(rev) => Latest::At(Newest {
                 rev,
-                create_revision: self.create_revision,
-                version: self.version,
-                lease: self.lease,
+                entry: IndexEntry {
+                    kind: RecordKind::Put,
+                    create_revision: self.create_revision,
+                    version: self.version,
+                    lease: self.lease,
+                },
             }),
         }
     }
@@ -160,7 +151,7 @@ impl LiveKeys {
             if previous.as_deref() != Some(escaped) {
                 let entry = IndexEntry::decode(raw_value)?;
                 if entry.kind == RecordKind::Put {
-                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), Slot::of(&Newest::new(rev, &entry)));
+                    keys.insert(unescape_key(escaped)?.into_boxed_slice(), Slot::of(&Newest { rev, entry }));
                 }
                 let buffer = previous.get_or_insert_with(Vec::new);
                 buffer.clear();
@@ -223,7 +214,7 @@ mod tests {
 
     /// A version written at `main` by the key's `version`-th put since its creation at `created`.
     fn newest(main: i64, created: i64, version: i64, lease: i64) -> Newest {
-        Newest { rev: rev(main), create_revision: created, version, lease }
+        Newest { rev: rev(main), entry: IndexEntry { kind: RecordKind::Put, create_revision: created, version, lease } }
     }
 
     #[test]
@@ -277,7 +268,8 @@ mod tests {
         assert_eq!(unpack(pack(fits)), Some(fits));
         for too_large in [Revision { main: 1 << 39, sub: 0 }, Revision { main: 2, sub: 1 << 24 }] {
             let live = LiveKeys::load(&MemBackend::new())?;
-            let version = Newest { rev: too_large, create_revision: 2, version: 1, lease: 0 };
+            let entry = IndexEntry { kind: RecordKind::Put, create_revision: 2, version: 1, lease: 0 };
+            let version = Newest { rev: too_large, entry };
             live.record_all(&[(b"k".to_vec(), Some(version))]);
             assert_eq!(live.lookup(b"k"), Latest::Unknown, "{too_large:?}");
         }

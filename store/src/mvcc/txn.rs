@@ -253,7 +253,7 @@ impl<'a> WriteTxn<'a> {
         let record = Record { meta: entry, key: key.to_vec(), value };
         self.batch.put(Cf::Index, index_key(key, rev), entry.encode());
         self.batch.put(Cf::Revs, revision_key(rev), record.encode());
-        self.changes.push((key.to_vec(), Some(Newest::new(rev, &entry))));
+        self.changes.push((key.to_vec(), Some(Newest { rev, entry })));
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {
