@@ -433,18 +433,21 @@ fn mvcc_matches_the_model_on_the_rocksdb_backend() {
     run(true, 24);
 }
 
+/// Puts `value` under key `k` with `lease` in a transaction of its own; returns its events.
+fn put_k(mvcc: &Mvcc, value: Vec<u8>, lease: i64) -> Vec<Event> {
+    let mut txn = mvcc.write_txn(false);
+    let req = PutRequest { key: b"k".to_vec(), value, lease, ..Default::default() };
+    txn.execute_put(&req, &AllLeases).expect("put");
+    txn.commit(WriteBatch::new(), Durability::Buffered).expect("commit").events
+}
+
 /// A snapshot install replaces the data under a running engine and reloads it; the live-key index
 /// must describe the new data, not the old.
 #[test]
 fn a_reloaded_engine_builds_on_the_new_data_not_on_its_old_live_key_index() {
     let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
     keel_store::format::check_or_init(&*backend).expect("format");
-    let put = |mvcc: &Mvcc, value: u8| {
-        let mut txn = mvcc.write_txn(false);
-        let req = PutRequest { key: b"k".to_vec(), value: vec![value], ..Default::default() };
-        txn.execute_put(&req, &AllLeases).expect("put");
-        txn.commit(WriteBatch::new(), Durability::Buffered).expect("commit").events
-    };
+    let put = |mvcc: &Mvcc, value: u8| put_k(mvcc, vec![value], 0);
     let running = Mvcc::open(backend.clone()).expect("open");
     put(&running, 1);
     // Another writer (standing in for the installed snapshot's data) moves the key on.
@@ -478,12 +481,7 @@ fn attached(backend: &dyn Backend, id: i64) -> Vec<Vec<u8>> {
 fn puts_build_on_the_indexed_version_and_lease_before_and_after_a_restart() {
     let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
     keel_store::format::check_or_init(&*backend).expect("format");
-    let put = |mvcc: &Mvcc, lease: i64| {
-        let mut txn = mvcc.write_txn(false);
-        let req = PutRequest { key: b"k".to_vec(), value: vec![1], lease, ..Default::default() };
-        txn.execute_put(&req, &AllLeases).expect("put");
-        txn.commit(WriteBatch::new(), Durability::Buffered).expect("commit").events
-    };
+    let put = |mvcc: &Mvcc, lease: i64| put_k(mvcc, vec![1], lease);
     let read = |mvcc: &Mvcc, keys_only: bool| {
         let req = RangeRequest { key: b"k".to_vec(), keys_only, ..Default::default() };
         let mut kvs = mvcc.range(&req).expect("range").kvs;
