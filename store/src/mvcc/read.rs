@@ -229,11 +229,11 @@ impl Mvcc {
 
     /// For a single-key read at `rev` without an overlay: the key's newest version when the
     /// live-key index proves it is also the newest at or below `rev`, so the read needs one point
-    /// lookup for the value, or none without one. The index describes some committed revision at or after `rev` (apply
-    /// records a commit before it advances the current revision, which `rev` was read from after);
-    /// a newest version at or below `rev` there means no version came after it up to `rev`. A key
-    /// the index lacks or holds at a later revision may have existed at `rev`: `None`, and the
-    /// caller seeks the on-disk index.
+    /// lookup for the value, or none without one. The index describes some committed revision at
+    /// or after `rev` (apply records a commit before it advances the current revision, which `rev`
+    /// was read from after); a newest version at or below `rev` there means no version came after
+    /// it up to `rev`. A key the index lacks or holds at a later revision may have existed at
+    /// `rev`: `None`, and the caller seeks the on-disk index.
     fn newest_if_at_or_below(&self, key: &[u8], end: &RangeEnd, rev: i64, overlay: Option<&Overlay>) -> Option<Newest> {
         if !matches!(end, RangeEnd::Single) || overlay.is_some() {
             return None;
