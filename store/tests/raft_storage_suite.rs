@@ -1,5 +1,6 @@
 //! openraft's storage conformance suite (`openraft::testing::log::Suite`) run against Keel's log
-//! store and state machine, on both backends.
+//! store and state machine: on both backends with the entries in the backend, and on RocksDB with
+//! the entries in segment files (what a member runs), small enough to roll over.
 
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use tempfile::TempDir;
 
 struct Builder {
     rocksdb: bool,
+    /// Segment size of the log's files; `None` keeps the entries in the backend.
+    segment_bytes: Option<u64>,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
@@ -24,17 +27,26 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         };
         let core = StoreCore::open(backend.clone(), &dir.path().join("snap"), 2, WatchConfig::default())
             .expect("open store core");
-        let log = LogStore::new(backend).expect("log store");
+        let log = match self.segment_bytes {
+            Some(bytes) => LogStore::with_segment_size(backend, &dir.path().join("wal"), bytes),
+            None => LogStore::new(backend),
+        }
+        .expect("log store");
         Ok((dir, log, StateMachine::new(core)))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_passes_on_the_memory_backend() {
-    Suite::test_all(Builder { rocksdb: false }).await.expect("storage suite");
+    Suite::test_all(Builder { rocksdb: false, segment_bytes: None }).await.expect("storage suite");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_passes_on_the_rocksdb_backend() {
-    Suite::test_all(Builder { rocksdb: true }).await.expect("storage suite");
+    Suite::test_all(Builder { rocksdb: true, segment_bytes: None }).await.expect("storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_suite_passes_with_the_log_in_segment_files() {
+    Suite::test_all(Builder { rocksdb: true, segment_bytes: Some(1024) }).await.expect("storage suite");
 }

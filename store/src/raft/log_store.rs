@@ -1,11 +1,21 @@
-//! The Raft log and vote, stored in the backend's `RaftLog` and `RaftState` column families.
+//! The Raft log and vote. The vote, the purge point and the commit index live in the backend's
+//! `RaftState` column family; the entries live either in segment files of their own
+//! ([`super::segments`], what a member on RocksDB uses) or in the backend's `RaftLog` column family
+//! (the in-memory backend, and data directories written before the segment files existed, whose
+//! entries move into segment files when the store opens).
 //!
 //! Durability (openraft's contract, and where RocksDB users have lost data before):
-//! - `save_vote`, `truncate_after` and `purge` are synced writes: durable before they return;
+//! - `save_vote`, `truncate_after` and `purge` are durable before they return;
 //! - `append` writes without syncing, so entries are readable when it returns, then hands the IO
-//!   callback to the flusher thread, which calls `FlushWAL(sync = true)` and only then reports the
-//!   entries durable. The flusher drains every queued callback before one flush (group commit) and
-//!   completes them in order, so a later append is never reported durable before an earlier one.
+//!   callback to the flusher thread, which syncs the log (the active segment file, or RocksDB's
+//!   WAL with `FlushWAL(sync = true)`) and only then reports the entries durable. The flusher
+//!   drains every queued callback before one sync (group commit) and completes them in order, so
+//!   a later append is never reported durable before an earlier one.
+//! - With segment files, applied entries reach RocksDB as buffered writes that nothing syncs on
+//!   the write path: a crash can lose applied state, which is replayed from the log. A purge
+//!   therefore syncs RocksDB's WAL before it removes entries, so the log always keeps what the
+//!   durable state machine has not got. openraft applies only entries this member holds durably,
+//!   so the durable state machine is never ahead of the durable log.
 //!
 //! Recent entries: the store keeps the entries it appended last in memory ([`RecentEntries`]),
 //! so the reads that follow every append — the state machine applying them, and on a leader each
@@ -20,7 +30,8 @@
 //! is still closing the database (RocksDB aborts the process when its statics are destroyed under
 //! a database being closed).
 //!
-//! Keys: log entries by index (u64 big-endian); in `RaftState`, `vote`, `last_purged` and `committed`.
+//! Keys: log entries by index (u64 big-endian) in `RaftLog`; in `RaftState`, `vote`, `last_purged`
+//! and `committed`.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -35,6 +46,7 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
+use super::segments::{SEGMENT_BYTES, SegmentLog};
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 use crate::backend::{Backend, Cf, Durability, WriteBatch};
 
@@ -121,10 +133,12 @@ impl RecentEntries {
     }
 }
 
-/// The Raft log store; cheap to clone (clones share the backend and the flusher).
+/// The Raft log store; cheap to clone (clones share the backend, the segment files and the flusher).
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn Backend>,
+    /// The entries' segment files; `None` keeps the entries in the backend's `RaftLog` family.
+    files: Option<Arc<SegmentLog>>,
     /// The flusher queue and thread, shared by every clone; the last clone's drop joins the thread.
     flusher: Arc<Flusher>,
     /// Entries appended last, shared by every clone (the core appends, truncates and purges; the
@@ -167,14 +181,39 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    /// A log store over `backend`, starting its flusher thread.
+    /// A log store keeping its entries in `backend`'s `RaftLog` column family, starting its flusher
+    /// thread.
     pub fn new(backend: Arc<dyn Backend>) -> io::Result<Self> {
+        Self::start(backend, None)
+    }
+
+    /// A log store keeping its entries in segment files in `dir` (created when missing), starting
+    /// its flusher thread. Entries an older data directory kept in `backend`'s `RaftLog` family
+    /// move into the files first.
+    pub fn with_segment_files(backend: Arc<dyn Backend>, dir: &std::path::Path) -> io::Result<Self> {
+        Self::with_segment_size(backend, dir, SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::with_segment_files`] with segments of `segment_bytes` (tests roll over often).
+    #[doc(hidden)]
+    pub fn with_segment_size(backend: Arc<dyn Backend>, dir: &std::path::Path, segment_bytes: u64) -> io::Result<Self> {
+        let last_purged = get_meta::<LogId>(&*backend, LAST_PURGED_KEY)?.map(|id| id.index());
+        let files = SegmentLog::open(dir, segment_bytes, last_purged)
+            .map_err(|err| io::Error::new(err.kind(), format!("opening the Raft log in {}: {err}", dir.display())))?;
+        move_entries_into_files(&*backend, &files)?;
+        Self::start(backend, Some(Arc::new(files)))
+    }
+
+    fn start(backend: Arc<dyn Backend>, files: Option<Arc<SegmentLog>>) -> io::Result<Self> {
         let (tx, rx) = sync_channel(FLUSH_QUEUE);
         let flush_backend = backend.clone();
-        let thread =
-            std::thread::Builder::new().name("keel-log-flush".into()).spawn(move || flush_loop(flush_backend, rx))?;
+        let flush_files = files.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-log-flush".into())
+            .spawn(move || flush_loop(flush_backend, flush_files, rx))?;
         Ok(Self {
             backend,
+            files,
             flusher: Arc::new(Flusher { queue: Some(tx), thread: Some(thread) }),
             recent: Arc::default(),
         })
@@ -185,30 +224,113 @@ impl LogStore {
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.backend.get(Cf::RaftState, key).map_err(io_err)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
-        }
+        get_meta(&*self.backend, key)
     }
 
     /// True when the store holds no vote and no log: a member that never ran.
     pub fn is_pristine(&self) -> io::Result<bool> {
-        let mut cursor = self.backend.cursor(Cf::RaftLog);
-        cursor.seek_to_first();
-        let empty_log = cursor.entry().is_none();
-        cursor.status().map_err(io_err)?;
-        drop(cursor);
+        let empty_log = match &self.files {
+            Some(files) => files.has_no_records(),
+            None => {
+                let mut cursor = self.backend.cursor(Cf::RaftLog);
+                cursor.seek_to_first();
+                let empty = cursor.entry().is_none();
+                cursor.status().map_err(io_err)?;
+                empty
+            }
+        };
         Ok(empty_log
             && self.get_meta::<Vote>(VOTE_KEY)?.is_none()
             && self.get_meta::<LogId>(LAST_PURGED_KEY)?.is_none())
     }
+
+    /// The encoded entries from `from` through `last` that the log holds, consecutive from the
+    /// first one held at or after `from`, stopping once about `max_bytes` are gathered (at least
+    /// one entry when any is held). For journal followers, which ship entries as stored.
+    pub fn read_encoded(&self, from: u64, last: u64, max_bytes: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        if let Some(files) = &self.files {
+            return files.read(from, last.saturating_add(1), max_bytes);
+        }
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = self.backend.cursor(Cf::RaftLog);
+        cursor.seek(&index_key(from));
+        while let Some((key, value)) = cursor.entry() {
+            let index = u64::from_be_bytes(key.try_into().map_err(|_| io_err("malformed log key"))?);
+            if index > last || bytes >= max_bytes {
+                break;
+            }
+            bytes += value.len();
+            records.push((index, value.to_vec()));
+            cursor.next();
+        }
+        cursor.status().map_err(io_err)?;
+        Ok(records)
+    }
+
+    /// Decodes entries read back from the segment files, checking each is the entry its index says.
+    fn decode_entries(records: Vec<(u64, Vec<u8>)>) -> io::Result<Vec<Entry>> {
+        records
+            .into_iter()
+            .map(|(index, bytes)| {
+                let entry: Entry = decode(&bytes)?;
+                if entry.index() != index {
+                    return Err(io_err(format!("log entry recorded at {index} claims index {}", entry.index())));
+                }
+                Ok(entry)
+            })
+            .collect()
+    }
+}
+
+fn get_meta<T: serde::de::DeserializeOwned>(backend: &dyn Backend, key: &[u8]) -> io::Result<Option<T>> {
+    match backend.get(Cf::RaftState, key).map_err(io_err)? {
+        None => Ok(None),
+        Some(bytes) => decode(&bytes).map(Some),
+    }
+}
+
+/// Moves the entries a data directory kept in the `RaftLog` column family (before the segment
+/// files existed) into `files`: copied and synced first, then deleted from the family, so a crash
+/// in between leaves them in both, and the next open (finding the files already written) only
+/// deletes them.
+fn move_entries_into_files(backend: &dyn Backend, files: &SegmentLog) -> io::Result<()> {
+    let mut cursor = backend.cursor(Cf::RaftLog);
+    cursor.seek_to_first();
+    if cursor.entry().is_none() {
+        return cursor.status().map_err(io_err);
+    }
+    let copy = files.has_no_records();
+    let mut batch = Vec::new();
+    let mut moved = 0u64;
+    while let Some((key, value)) = cursor.entry() {
+        if copy {
+            let index = u64::from_be_bytes(key.try_into().map_err(|_| io_err("malformed log key"))?);
+            batch.push((index, value.to_vec()));
+            if batch.len() == 1024 {
+                files.append(&std::mem::take(&mut batch))?;
+            }
+        }
+        moved += 1;
+        cursor.next();
+    }
+    cursor.status().map_err(io_err)?;
+    drop(cursor);
+    if copy {
+        files.append(&batch)?;
+        files.sync()?;
+        tracing::info!(entries = moved, "moved the Raft log from the database into its segment files");
+    }
+    let mut delete = WriteBatch::new();
+    delete.delete_range(Cf::RaftLog, index_key(0), [0xffu8; 9]);
+    backend.write(delete, Durability::Synced).map_err(io_err)
 }
 
 /// A WAL sync slower than this is logged, as etcd logs a "slow fdatasync": a disk this slow delays
 /// every write by as much, and requests that wait for it start timing out.
 const SLOW_SYNC: Duration = Duration::from_secs(1);
 
-fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
+fn flush_loop(backend: Arc<dyn Backend>, files: Option<Arc<SegmentLog>>, rx: Receiver<IOFlushed<TypeConfig>>) {
     // Looked up once: a lookup per flush would hash the name and take the registry's lock on the
     // write path. The binary installs its recorder before it opens the store.
     let fsync_duration = metrics::histogram!("keel_disk_wal_fsync_duration_seconds");
@@ -218,7 +340,10 @@ fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
             pending.push(more);
         }
         let started = Instant::now();
-        let result = backend.flush_wal().map_err(|err| err.to_string());
+        let result = match &files {
+            Some(files) => files.sync().map_err(|err| err.to_string()),
+            None => backend.flush_wal().map_err(|err| err.to_string()),
+        };
         let took = started.elapsed();
         fsync_duration.record(took.as_secs_f64());
         if took > SLOW_SYNC {
@@ -226,6 +351,12 @@ fn flush_loop(backend: Arc<dyn Backend>, rx: Receiver<IOFlushed<TypeConfig>>) {
         }
         for callback in pending {
             callback.io_completed(result.clone().map_err(io::Error::other));
+        }
+        // Between flushes, so the zero-fill's own sync never delays an acknowledgement already due.
+        if let Some(files) = &files
+            && let Err(err) = files.zero_ahead()
+        {
+            tracing::warn!(%err, "could not zero-fill the Raft log ahead of its records");
         }
     }
 }
@@ -249,6 +380,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             && let Some(entries) = self.recent().get(start, end.max(start))
         {
             return Ok(entries);
+        }
+        if let Some(files) = &self.files {
+            return Self::decode_entries(files.read(start, end.unwrap_or(u64::MAX), usize::MAX)?);
         }
         let mut entries = Vec::new();
         let mut cursor = self.backend.cursor(Cf::RaftLog);
@@ -279,13 +413,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_meta(LAST_PURGED_KEY)?;
-        let mut cursor = self.backend.cursor(Cf::RaftLog);
-        cursor.seek_to_last();
-        let last = match cursor.entry() {
-            Some((_, value)) => Some(decode::<Entry>(value)?.log_id()),
-            None => None,
+        let last = match &self.files {
+            Some(files) => match files.last_index() {
+                Some(index) => {
+                    Self::decode_entries(files.read(index, index + 1, usize::MAX)?)?.pop().map(|e| e.log_id())
+                }
+                None => None,
+            },
+            None => {
+                let mut cursor = self.backend.cursor(Cf::RaftLog);
+                cursor.seek_to_last();
+                let last = match cursor.entry() {
+                    Some((_, value)) => Some(decode::<Entry>(value)?.log_id()),
+                    None => None,
+                };
+                cursor.status().map_err(io_err)?;
+                last
+            }
         };
-        cursor.status().map_err(io_err)?;
         Ok(LogState { last_log_id: last.or(last_purged), last_purged_log_id: last_purged })
     }
 
@@ -315,15 +460,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::new();
         let mut appended = Vec::new();
-        for entry in entries {
-            let encoded = encode(&entry)?;
-            let bytes = encoded.len();
-            batch.put(Cf::RaftLog, index_key(entry.index()), encoded);
-            appended.push((entry, bytes));
+        if let Some(files) = &self.files {
+            let mut records = Vec::new();
+            for entry in entries {
+                let encoded = encode(&entry)?;
+                let bytes = encoded.len();
+                records.push((entry.index(), encoded));
+                appended.push((entry, bytes));
+            }
+            files.append(&records)?;
+        } else {
+            let mut batch = WriteBatch::new();
+            for entry in entries {
+                let encoded = encode(&entry)?;
+                let bytes = encoded.len();
+                batch.put(Cf::RaftLog, index_key(entry.index()), encoded);
+                appended.push((entry, bytes));
+            }
+            self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
         }
-        self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
         let mut recent = self.recent();
         for (entry, bytes) in appended {
             recent.push(entry, bytes);
@@ -335,6 +491,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        if let Some(files) = &self.files {
+            self.recent().truncate_after(last_log_id.map(|id| id.index()));
+            return files.truncate_from(from);
+        }
         let mut batch = WriteBatch::new();
         batch.delete_range(Cf::RaftLog, index_key(from), [0xffu8; 9]);
         self.recent().truncate_after(last_log_id.map(|id| id.index()));
@@ -342,6 +502,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        if let Some(files) = &self.files {
+            // The state machine's buffered writes through the purged entries must be durable
+            // before the entries go, or a crash could leave a hole between the two.
+            self.backend.flush_wal().map_err(io_err)?;
+            let mut batch = WriteBatch::new();
+            batch.put(Cf::RaftState, LAST_PURGED_KEY, encode(&log_id)?);
+            self.backend.write(batch, Durability::Synced).map_err(io_err)?;
+            self.recent().purge_through(log_id.index());
+            return files.purge_through(log_id.index());
+        }
         let mut batch = WriteBatch::new();
         // Record the purge point in the same batch, so the log never appears to have a hole.
         batch.put(Cf::RaftState, LAST_PURGED_KEY, encode(&log_id)?);
@@ -375,11 +545,13 @@ mod tests {
 
     #[tokio::test]
     async fn reads_served_from_recent_entries_match_the_log_after_appends_truncations_and_purges() {
-        for seed in 1..=20u64 {
+        for (seed, in_files) in (1..=20u64).flat_map(|seed| [(seed, false), (seed, true)]) {
             let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
-            let mut store = LogStore::new(backend.clone()).unwrap();
-            // A second store over the same backend whose cache is never filled: it reads the log.
-            let mut uncached = LogStore::new(backend).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = match in_files {
+                true => LogStore::with_segment_size(backend, dir.path(), 2048).unwrap(),
+                false => LogStore::new(backend).unwrap(),
+            };
             let mut rng = Lcg(seed);
             // The log id written at each index (index 0 is unused).
             let mut ids: Vec<LogId> = vec![blank_ent::<TypeConfig>(0, 1, 0).log_id()];
@@ -408,13 +580,53 @@ mod tests {
                 let last = ids.len() as u64 - 1;
                 let start = purged.saturating_sub(2) + rng.below(last + 4 - purged.saturating_sub(2));
                 let end = start + rng.below(8);
+                // `read_encoded` reads the log itself, never the cache.
+                let uncached: Vec<LogId> = match end.checked_sub(1).filter(|&last| last >= start) {
+                    Some(last) => LogStore::decode_entries(store.read_encoded(start, last, usize::MAX).unwrap())
+                        .unwrap()
+                        .iter()
+                        .map(|entry| entry.log_id())
+                        .collect(),
+                    None => Vec::new(),
+                };
                 assert_eq!(
                     read(&mut store, start, end).await,
-                    read(&mut uncached, start, end).await,
-                    "seed {seed}, step {step}: entries {start}..{end}"
+                    uncached,
+                    "seed {seed}, segment files {in_files}, step {step}: entries {start}..{end}"
                 );
             }
             assert!(store.recent().entries.len() <= RECENT_ENTRIES);
         }
+    }
+
+    #[tokio::test]
+    async fn entries_kept_in_the_database_move_into_segment_files_once_and_survive_reopening() {
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=50).map(|i| blank_ent::<TypeConfig>(1 + i / 20, 1, i)).collect();
+        let ids: Vec<LogId> = entries.iter().map(|entry| entry.log_id()).collect();
+        let mut old = LogStore::new(backend.clone()).unwrap();
+        old.append(entries, IOFlushed::noop()).await.unwrap();
+        old.purge(ids[9]).await.unwrap();
+        drop(old);
+
+        let mut moved = LogStore::with_segment_files(backend.clone(), dir.path()).unwrap();
+        assert_eq!(read(&mut moved, 0, 100).await, ids[10..]);
+        let state = moved.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(ids[9]), Some(ids[49])));
+        let mut cursor = backend.cursor(Cf::RaftLog);
+        cursor.seek_to_first();
+        assert!(cursor.entry().is_none(), "the database still holds log entries");
+        drop(cursor);
+        drop(moved);
+
+        // A crash after the copy but before the delete leaves the entries in both places: the
+        // files are already written, so the next open only deletes the database's copy.
+        let mut stale = WriteBatch::new();
+        stale.put(Cf::RaftLog, index_key(7), encode(&blank_ent::<TypeConfig>(9, 1, 7)).unwrap());
+        backend.write(stale, Durability::Synced).unwrap();
+        let mut reopened = LogStore::with_segment_files(backend.clone(), dir.path()).unwrap();
+        assert_eq!(read(&mut reopened, 0, 100).await, ids[10..]);
+        assert!(backend.get(Cf::RaftLog, &index_key(7)).unwrap().is_none());
     }
 }

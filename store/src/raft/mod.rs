@@ -1,7 +1,8 @@
 //! Raft: the replicated log every state change goes through, built on openraft.
 //!
 //! - [`Command`] is what a log entry carries; its [`CommandResult`] is what applying it returned.
-//! - `log_store`: the Raft log and vote in the backend, fsynced before openraft is told they are durable.
+//! - `log_store`: the Raft log and vote, fsynced before openraft is told they are durable; the
+//!   entries in `segments` files of their own (RocksDB members) or in the backend.
 //! - `state_machine`: deterministic apply into MVCC, leases and watches, with the applied log id written
 //!   in the same batch as the data; snapshots for log compaction and lagging members.
 //!
@@ -9,6 +10,7 @@
 //! in apply reads the clock, randomness or member-local configuration.
 
 mod log_store;
+mod segments;
 pub mod snapshot;
 mod state_machine;
 

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use super::Member;
-use crate::backend::Cf;
 use crate::error::StoreError;
+use crate::raft::LogStore;
 
 /// One committed log entry as stored (Keel's encoded `Entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,45 +29,23 @@ impl Member {
             Ok(metrics) => metrics.last_applied.map_or(0, |id| id.index()),
             Err(_) => return Ok(Vec::new()),
         };
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || read_log(&**core.backend(), from, applied, max_bytes))
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || read_log(&log, from, applied, max_bytes))
             .await
             .map_err(|err| StoreError::Internal(err.to_string()))?
     }
 }
 
-/// Reads entries `from..=last` (fewer past `max_bytes`) from the log column family.
-fn read_log(
-    backend: &dyn crate::backend::Backend,
-    from: u64,
-    last: u64,
-    max_bytes: usize,
-) -> Result<Vec<JournalRecord>, StoreError> {
-    let mut records = Vec::new();
-    let mut bytes = 0;
-    let mut cursor = backend.cursor(Cf::RaftLog);
-    cursor.seek(&from.to_be_bytes());
-    let mut expected = from;
-    while let Some((key, value)) = cursor.entry() {
-        let index = key
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Internal(format!("malformed log key {key:?}")))?;
-        if index > last || bytes >= max_bytes {
-            break;
-        }
-        if index != expected {
-            return Err(StoreError::LogPurged { requested: expected, first_held: index });
-        }
-        bytes += value.len();
-        records.push(JournalRecord { index, entry: value.to_vec() });
-        expected += 1;
-        cursor.next();
+/// Reads entries `from..=last` (fewer past `max_bytes`) from the log.
+fn read_log(log: &LogStore, from: u64, last: u64, max_bytes: usize) -> Result<Vec<JournalRecord>, StoreError> {
+    if from > last {
+        return Ok(Vec::new());
     }
-    cursor.status().map_err(|err| StoreError::Internal(err.to_string()))?;
-    if records.is_empty() && from <= last {
+    let read = log.read_encoded(from, last, max_bytes).map_err(|err| StoreError::Internal(err.to_string()))?;
+    match read.first() {
         // Applied but not in the log: the entries were purged behind a snapshot.
-        return Err(StoreError::LogPurged { requested: from, first_held: last + 1 });
+        None => Err(StoreError::LogPurged { requested: from, first_held: last + 1 }),
+        Some(&(first, _)) if first != from => Err(StoreError::LogPurged { requested: from, first_held: first }),
+        Some(_) => Ok(read.into_iter().map(|(index, entry)| JournalRecord { index, entry }).collect()),
     }
-    Ok(records)
 }

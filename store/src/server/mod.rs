@@ -125,6 +125,8 @@ pub struct Member {
     cluster_id: u64,
     raft: Raft,
     core: Arc<StoreCore>,
+    /// A clone of the log store openraft drives, for journal followers' reads of the log.
+    log: LogStore,
     peers: Arc<Peers>,
     request_timeout: Duration,
     /// Source of server-chosen lease ids: member id in the top bits, a counter below.
@@ -182,7 +184,13 @@ impl Member {
         let min_lease_ttl = ((config.election_timeout.as_millis() as i64 * 3 + 1999) / 2000).max(1);
         let core = StoreCore::open(backend.clone(), &data_dir.join("snap"), min_lease_ttl, WatchConfig::default())
             .map_err(|e| storage_error(&data_dir, e))?;
-        let log_store = LogStore::new(backend.clone()).map_err(|e| storage_error(&data_dir, e))?;
+        // A member on RocksDB keeps its log's entries in segment files of their own (`wal/`, as
+        // etcd's member directory), so a sync after an append writes nothing but the records.
+        let log_store = match config.backend {
+            BackendKind::RocksDb => LogStore::with_segment_files(backend.clone(), &data_dir.join("wal")),
+            BackendKind::Memory => LogStore::new(backend.clone()),
+        }
+        .map_err(|e| storage_error(&data_dir, e))?;
         let pristine = log_store.is_pristine().map_err(|e| storage_error(&data_dir, e))?;
         let peers = Peers::new(Duration::from_secs(1), config.peer_client_tls()?, config.peer_source_address);
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
@@ -228,9 +236,10 @@ impl Member {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = PeerNetwork::new(peers.clone());
-        let raft = Raft::new(member_id, Arc::new(raft_config), network, log_store, StateMachine::new(core.clone()))
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(member_id, Arc::new(raft_config), network, log_store.clone(), StateMachine::new(core.clone()))
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
         if pristine && config.initial_cluster_state == ClusterState::New {
             // Every founding member initializes with the same membership, so the entries agree.
             // Initializing starts a campaign at once; staggering by rank (lowest id first) lets one
@@ -271,6 +280,7 @@ impl Member {
             cluster_id,
             raft,
             core,
+            log: log_store,
             peers,
             request_timeout,
             next_lease: AtomicU64::new(lease_base | (now_millis() & 0x3f_ffff) << 24),
