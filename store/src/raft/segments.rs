@@ -42,8 +42,10 @@ const BODY_PREFIX: usize = 9;
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 
-/// Largest a segment grows before the next record starts a new one (etcd's WAL segment size).
-pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest a segment grows before the next record starts a new one. A purge deletes only whole
+/// segments, so this bounds the purged log still on disk; a quarter of etcd's 64 MB, since a
+/// rollover (a sync, a file creation, a directory sync) costs about a millisecond.
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 /// Zero-fill keeps at least this much zeroed space ahead of the write position...
 const ZERO_LOW_WATER: u64 = 2 << 20;
 /// ...and, when it falls below, zeroes this much ahead of the end of the records.
