@@ -528,16 +528,7 @@ mod tests {
 
     use super::*;
     use crate::backend::MemBackend;
-
-    /// A small deterministic generator; the seed is printed when a check fails.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % bound.max(1)
-        }
-    }
+    use crate::raft::Lcg;
 
     async fn read(store: &mut LogStore, start: u64, end: u64) -> Vec<LogId> {
         store.try_get_log_entries(start..end).await.unwrap().iter().map(|entry| entry.log_id()).collect()

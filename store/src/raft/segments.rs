@@ -583,16 +583,7 @@ impl SegmentLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator; the seed is printed when a check fails.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % bound.max(1)
-        }
-    }
+    use crate::raft::Lcg;
 
     fn payload(index: u64, generation: u64) -> Vec<u8> {
         let mut bytes = format!("entry {index} of generation {generation}").into_bytes();
