@@ -15,8 +15,10 @@ pub enum PlantedBug {
     /// Linearizable reads are served from local state without confirming leadership through a
     /// quorum (the bug etcd 0.4 had): a partitioned member answers with stale data.
     StaleRead,
-    /// Log appends are acknowledged as durable without being made so: written without RocksDB's
-    /// write-ahead log and never flushed, so a killed member forgets entries it acknowledged.
+    /// Log appends are acknowledged as durable without being made so: the log's segment files
+    /// get the records only once a megabyte waits and never sync them, and buffered RocksDB
+    /// writes (the log of the in-memory layout, applied entries) skip RocksDB's write-ahead log,
+    /// so a killed member forgets entries it acknowledged.
     AckBeforeFsync,
     /// Live watch delivery silently skips every revision divisible by 13 (watchers catching up
     /// from storage still get it), as a hub that loses an event under load would.
