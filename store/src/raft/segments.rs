@@ -396,6 +396,12 @@ impl SegmentLog {
         let mut state = self.lock();
         for (index, payload) in entries {
             state.check_follows(*index)?;
+            if u32::try_from(BODY_PREFIX + payload.len()).is_err() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("log entry {index} is {} bytes, more than a log record holds (4 GiB)", payload.len()),
+                ));
+            }
             self.make_room(&mut state, record_len(payload.len()))?;
             let offset = state.end();
             encode_record(&mut state.pending, KIND_ENTRY, *index, payload);
