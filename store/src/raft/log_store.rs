@@ -248,16 +248,22 @@ impl LogStore {
     /// first one held at or after `from`, stopping once about `max_bytes` are gathered (at least
     /// one entry when any is held). For journal followers, which ship entries as stored.
     pub fn read_encoded(&self, from: u64, last: u64, max_bytes: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        self.read_records(from, last.saturating_add(1), max_bytes)
+    }
+
+    /// The encoded entries from `start` up to `end` (exclusive) that the log holds, bounded as in
+    /// [`LogStore::read_encoded`]; from the segment files or the `RaftLog` family, never the cache.
+    fn read_records(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
         if let Some(files) = &self.files {
-            return files.read(from, last.saturating_add(1), max_bytes);
+            return files.read(start, end, max_bytes);
         }
         let mut records = Vec::new();
         let mut bytes = 0;
         let mut cursor = self.backend.cursor(Cf::RaftLog);
-        cursor.seek(&index_key(from));
+        cursor.seek(&index_key(start));
         while let Some((key, value)) = cursor.entry() {
             let index = u64::from_be_bytes(key.try_into().map_err(|_| io_err("malformed log key"))?);
-            if index > last || bytes >= max_bytes {
+            if index >= end || bytes >= max_bytes {
                 break;
             }
             bytes += value.len();
@@ -268,7 +274,7 @@ impl LogStore {
         Ok(records)
     }
 
-    /// Decodes entries read back from the segment files, checking each is the entry its index says.
+    /// Decodes entries read back from the log, checking each is the entry its index says.
     fn decode_entries(records: Vec<(u64, Vec<u8>)>) -> io::Result<Vec<Entry>> {
         records
             .into_iter()
@@ -381,26 +387,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(entries);
         }
-        if let Some(files) = &self.files {
-            return Self::decode_entries(files.read(start, end.unwrap_or(u64::MAX), usize::MAX)?);
-        }
-        let mut entries = Vec::new();
-        let mut cursor = self.backend.cursor(Cf::RaftLog);
-        cursor.seek(&index_key(start));
-        while let Some((key, value)) = cursor.entry() {
-            let index = u64::from_be_bytes(key.try_into().map_err(|_| io_err("malformed log key"))?);
-            if !range.contains(&index) {
-                break;
-            }
-            let entry: Entry = decode(value)?;
-            if entry.index() != index {
-                return Err(io_err(format!("log entry at key {index} claims index {}", entry.index())));
-            }
-            entries.push(entry);
-            cursor.next();
-        }
-        cursor.status().map_err(io_err)?;
-        Ok(entries)
+        Self::decode_entries(self.read_records(start, end.unwrap_or(u64::MAX), usize::MAX)?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -461,22 +448,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut appended = Vec::new();
+        let mut records = Vec::new();
+        for entry in entries {
+            let encoded = encode(&entry)?;
+            let bytes = encoded.len();
+            records.push((entry.index(), encoded));
+            appended.push((entry, bytes));
+        }
         if let Some(files) = &self.files {
-            let mut records = Vec::new();
-            for entry in entries {
-                let encoded = encode(&entry)?;
-                let bytes = encoded.len();
-                records.push((entry.index(), encoded));
-                appended.push((entry, bytes));
-            }
             files.append(&records)?;
         } else {
             let mut batch = WriteBatch::new();
-            for entry in entries {
-                let encoded = encode(&entry)?;
-                let bytes = encoded.len();
-                batch.put(Cf::RaftLog, index_key(entry.index()), encoded);
-                appended.push((entry, bytes));
+            for (index, encoded) in records {
+                batch.put(Cf::RaftLog, index_key(index), encoded);
             }
             self.backend.write(batch, Durability::Buffered).map_err(io_err)?;
         }
@@ -503,9 +487,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         if let Some(files) = &self.files {
-            // The state machine's buffered writes through the purged entries must be durable
-            // before the entries go, or a crash could leave a hole between the two.
-            self.backend.flush_wal().map_err(io_err)?;
+            // The purge point's synced write also makes every buffered write before it durable
+            // (RocksDB's WAL is one sequence), the applied entries through the purged ones
+            // included, so a crash cannot leave a hole between the state machine and the log.
             let mut batch = WriteBatch::new();
             batch.put(Cf::RaftState, LAST_PURGED_KEY, encode(&log_id)?);
             self.backend.write(batch, Durability::Synced).map_err(io_err)?;
