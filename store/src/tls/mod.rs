@@ -9,7 +9,8 @@
 //! - [`incoming`]: an accept loop that performs handshakes concurrently, bounded in number and time.
 //! - [`certs`]: certificate generation for `keel certs`.
 //! - [`CoalescedWrites`] (`coalesce.rs`): every HTTP/2 connection, served or dialled, writes
-//!   through it, so responses and requests finished together leave in one write.
+//!   through it, so responses and requests finished together, and a response's payload and
+//!   trailers, leave in one write.
 //!
 //! Invariant — rotation without restart: both kinds re-read their files when the files' size or
 //! modification time changed since the last load, at the next handshake. A rotation that leaves the
