@@ -305,7 +305,9 @@ fn write_int(out: &mut Vec<u8>, first: u8, prefix: u8, value: usize) {
     out.push(rest as u8);
 }
 
-/// Encodes headers as literals without indexing (no dynamic table, no Huffman).
+/// Encodes headers as literals without indexing (no dynamic table, no Huffman): how tests write
+/// a client's request header blocks.
+#[cfg(test)]
 pub fn encode(headers: &[Header]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in headers {
@@ -316,6 +318,37 @@ pub fn encode(headers: &[Header]) -> Vec<u8> {
         out.extend_from_slice(value);
     }
     out
+}
+
+/// Appends `:status` for a response: the static table's entry when it has one (200, the only
+/// status gRPC uses, is one byte), else a literal with the indexed name.
+pub fn encode_status(out: &mut Vec<u8>, status: u16) {
+    const STATUS_INDEX: usize = 8;
+    let indexed = [200, 204, 206, 304, 400, 404, 500].iter().position(|&s| s == status);
+    match indexed {
+        Some(offset) => write_int(out, 0x80, 7, STATUS_INDEX + offset),
+        None => {
+            write_int(out, 0x00, 4, STATUS_INDEX);
+            let value = status.to_string();
+            write_int(out, 0, 7, value.len());
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+}
+
+/// Appends one header field as a literal without indexing (so the receiver's dynamic table is
+/// untouched), naming the static table's entry when the name has one.
+pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    match STATIC_TABLE.iter().position(|(static_name, _)| static_name.as_bytes() == name) {
+        Some(index) => write_int(out, 0x00, 4, index + 1),
+        None => {
+            out.push(0x00);
+            write_int(out, 0, 7, name.len());
+            out.extend_from_slice(name);
+        }
+    }
+    write_int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
 }
 
 #[cfg(test)]
@@ -356,6 +389,22 @@ mod tests {
             (Bytes::from_static(b"x-long"), Bytes::from(vec![b'a'; 300])),
         ];
         assert_eq!(Decoder::new(4096).decode(&encode(&headers)).unwrap(), headers);
+    }
+
+    #[test]
+    fn response_fields_decode_as_written_without_touching_the_dynamic_table() {
+        let mut block = Vec::new();
+        encode_status(&mut block, 200);
+        assert_eq!(block, [0x88], "status 200 is one indexed byte");
+        encode_status(&mut block, 503);
+        encode_field(&mut block, b"content-type", b"application/grpc");
+        encode_field(&mut block, b"grpc-status", b"14");
+        let mut decoder = Decoder::new(4096);
+        let headers = pairs(&decoder.decode(&block).expect("decodes"));
+        let expected =
+            [(":status", "200"), (":status", "503"), ("content-type", "application/grpc"), ("grpc-status", "14")];
+        assert_eq!(headers, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+        assert!(decoder.decode(&[0xbe]).is_err(), "nothing entered the dynamic table");
     }
 
     #[test]

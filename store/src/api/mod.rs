@@ -12,10 +12,10 @@
 
 mod auth;
 mod cluster;
-mod connection;
 mod convert;
 mod election;
 mod hpack;
+mod http2;
 mod journal;
 mod kv;
 mod lease;
@@ -29,11 +29,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use keel_proto::etcdserverpb as pb;
 use tonic::Status;
 
-pub use connection::PeerIdentity;
+pub use http2::PeerIdentity;
 pub use status::{code as status_code, to_status};
 
 use crate::error::StoreError;
@@ -189,6 +188,50 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepts client connections and serves each on a task of its own until `shutdown` completes;
+/// then every connection says GOAWAY, and this returns when they have all closed (each within
+/// `http2`'s grace period).
+async fn serve_connections(
+    listeners: Vec<crate::tls::Listener>,
+    services: http2::Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use futures::StreamExt;
+    let incoming = crate::tls::accept_all(listeners);
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Every connection task holds a receiver; the server's end of shutdown is the sender.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = incoming.next() => match accepted {
+                Some(Ok(io)) => {
+                    let identity = PeerIdentity { remote_addr: io.remote_addr(), certificate: io.client_identity() };
+                    let mut stop = stop_rx.clone();
+                    let stopped = async move {
+                        // An error means the sender is gone, which also means stop.
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    let services = services.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = http2::serve_connection(io, identity, services, stopped).await {
+                            tracing::debug!(error = %e, "client connection ended");
+                        }
+                    });
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "accepting a client connection failed"),
+                None => break,
+            },
+            // Reaps finished connections so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    stop_tx.send_replace(true);
+    while connections.join_next().await.is_some() {}
+}
+
 /// Serves the client API on `listeners` until `shutdown` completes.
 pub async fn serve(
     member: Arc<Member>,
@@ -232,20 +275,16 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
 
-    // Every client connection goes through the shim that repairs URL-valued `:authority` headers
-    // and records the client's certificate identity (see `connection`).
-    let incoming = crate::tls::accept_all(listeners).map(|conn| conn.map(connection::ClientConnection::new));
-    tonic::transport::Server::builder()
-        .add_service(kv)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(maintenance)
-        .add_service(cluster)
-        .add_service(auth)
-        .add_service(lock)
-        .add_service(election)
-        .add_service(journal)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    let services = http2::Services::new()
+        .add(kv)
+        .add(watch)
+        .add(lease)
+        .add(maintenance)
+        .add(cluster)
+        .add(auth)
+        .add(lock)
+        .add(election)
+        .add(journal);
+    serve_connections(listeners, services, shutdown).await;
     Ok(())
 }

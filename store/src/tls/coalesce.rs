@@ -13,17 +13,19 @@
 //!
 //! What it does: writes are copied into a buffer of this wrapper and reach the stream at a flush.
 //! The first flush of a write cycle (the writes up to the next completed flush) returns `Pending`
-//! after waking the task itself, which tokio then runs again behind the tasks already waiting to
-//! run; frames the codec encodes meanwhile (the trailers behind a response's payload, the
+//! after handing the task's waker to tokio's deferred list, so tokio runs it again once the
+//! worker has run the tasks already waiting (or at its periodic maintenance, every few dozen
+//! tasks); frames the codec encodes meanwhile (the trailers behind a response's payload, the
 //! responses other tasks finish) join the same write.
 //!
-//! Invariants: a write cycle yields at most once, and always wakes its own task before returning
-//! `Pending`, so no write waits for anything but the tasks that were already runnable; every byte
+//! Invariants: a write cycle yields at most once, and always arranges its own wake-up before
+//! returning `Pending`, so no write waits for anything but the tasks that were already runnable; every byte
 //! accepted is written before the next flush (or shutdown) reports completion, in the order
 //! accepted; the buffer holds at most `MAX_BUFFERED` bytes (a write finding it full first writes
 //! it out), and a buffer grown past `KEPT_CAPACITY` is released once empty, so an idle connection
 //! holds little; reads pass straight through.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -92,6 +94,16 @@ impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
     }
 }
 
+/// Wakes the task once the worker has run the tasks already runnable: tokio's `yield_now` hands
+/// the waker to the scheduler's deferred list (or wakes it at once outside a runtime). Waking the
+/// task directly would queue it as a yield, and on the multi-threaded runtime a yield also wakes an
+/// idle worker to steal it: a futex wake-up and a cross-CPU hand-off of the connection per response.
+fn wake_after_runnable_tasks(cx: &mut Context<'_>) {
+    let yield_now = std::pin::pin!(tokio::task::yield_now());
+    // The first poll defers the waker and is always pending; dropping the future keeps the wake-up.
+    let _pending = yield_now.poll(cx);
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for CoalescedWrites<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -133,7 +145,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.written < self.buffer.len() && !self.yielded_this_cycle {
             self.yielded_this_cycle = true;
-            cx.waker().wake_by_ref();
+            wake_after_runnable_tasks(cx);
             return Poll::Pending;
         }
         ready!(self.poll_write_out(cx))?;

@@ -8,8 +8,8 @@
 //!   certificates.
 //! - [`incoming`]: an accept loop that performs handshakes concurrently, bounded in number and time.
 //! - [`certs`]: certificate generation for `keel certs`.
-//! - [`CoalescedWrites`] (`coalesce.rs`): every HTTP/2 connection, served or dialled, writes
-//!   through it, so responses and requests finished together, and a response's payload and
+//! - [`CoalescedWrites`] (`coalesce.rs`): every hyper/h2 connection (the peer API served, and
+//!   every dialled one) writes through it, so responses and requests finished together, and a response's payload and
 //!   trailers, leave in one write.
 //!
 //! Invariant — rotation without restart: both kinds re-read their files when the files' size or
