@@ -193,6 +193,50 @@ where
     std::future::poll_fn(|cx| connection.poll_run(cx)).await
 }
 
+/// Accepts connections on `listeners` and serves each on a task of its own until `shutdown`
+/// completes; then every connection says GOAWAY, and this returns when they have all closed (each
+/// within `SHUTDOWN_GRACE`). Serves the client API and the peer API.
+pub(crate) async fn serve(
+    listeners: Vec<crate::tls::Listener>,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use futures::StreamExt;
+    let incoming = crate::tls::accept_all(listeners);
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Every connection task holds a receiver; the server's end of shutdown is the sender.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = incoming.next() => match accepted {
+                Some(Ok(io)) => {
+                    let identity = PeerIdentity { remote_addr: io.remote_addr(), certificate: io.client_identity() };
+                    let mut stop = stop_rx.clone();
+                    let stopped = async move {
+                        // An error means the sender is gone, which also means stop.
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    let services = services.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = serve_connection(io, identity, services, stopped).await {
+                            tracing::debug!(error = %e, "client connection ended");
+                        }
+                    });
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "accepting a client connection failed"),
+                None => break,
+            },
+            // Reaps finished connections so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    stop_tx.send_replace(true);
+    while connections.join_next().await.is_some() {}
+}
+
 /// Streams the connection task must look at, filled by wakers that may run on any thread.
 #[derive(Default)]
 struct Ready {

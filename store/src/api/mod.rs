@@ -15,7 +15,7 @@ mod cluster;
 mod convert;
 mod election;
 mod hpack;
-mod http2;
+pub(crate) mod http2;
 mod journal;
 mod kv;
 mod lease;
@@ -180,64 +180,12 @@ async fn observe<T>(method: &'static str, handler: impl Future<Output = Result<T
     result
 }
 
-/// Why serving stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The gRPC server failed.
-    #[error("gRPC server error: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// Accepts client connections and serves each on a task of its own until `shutdown` completes;
-/// then every connection says GOAWAY, and this returns when they have all closed (each within
-/// `http2`'s grace period).
-async fn serve_connections(
-    listeners: Vec<crate::tls::Listener>,
-    services: http2::Services,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    use futures::StreamExt;
-    let incoming = crate::tls::accept_all(listeners);
-    let mut incoming = std::pin::pin!(incoming);
-    let mut shutdown = std::pin::pin!(shutdown);
-    // Every connection task holds a receiver; the server's end of shutdown is the sender.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = incoming.next() => match accepted {
-                Some(Ok(io)) => {
-                    let identity = PeerIdentity { remote_addr: io.remote_addr(), certificate: io.client_identity() };
-                    let mut stop = stop_rx.clone();
-                    let stopped = async move {
-                        // An error means the sender is gone, which also means stop.
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    };
-                    let services = services.clone();
-                    connections.spawn(async move {
-                        if let Err(e) = http2::serve_connection(io, identity, services, stopped).await {
-                            tracing::debug!(error = %e, "client connection ended");
-                        }
-                    });
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "accepting a client connection failed"),
-                None => break,
-            },
-            // Reaps finished connections so the set holds only live ones.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    stop_tx.send_replace(true);
-    while connections.join_next().await.is_some() {}
-}
-
 /// Serves the client API on `listeners` until `shutdown` completes.
 pub async fn serve(
     member: Arc<Member>,
     listeners: Vec<crate::tls::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) {
     let limit = member.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let concurrency = crate::concurrency::Coordinator::new(member.clone());
@@ -285,6 +233,5 @@ pub async fn serve(
         .add(lock)
         .add(election)
         .add(journal);
-    serve_connections(listeners, services, shutdown).await;
-    Ok(())
+    http2::serve(listeners, services, shutdown).await;
 }

@@ -215,18 +215,17 @@ fn append_chunk(path: &std::path::Path, data: &[u8], first: bool) -> std::io::Re
     options.open(path)?.write_all(data)
 }
 
-/// Serves the peer API on `listeners` until `shutdown` completes.
+/// Serves the peer API on `listeners` until `shutdown` completes, on the same HTTP/2 server as
+/// the client API (`api::http2`).
 pub async fn serve(
     member: Arc<Member>,
     listeners: Vec<crate::tls::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), crate::api::ServeError> {
+) {
     let service = PeerServer::new(PeerService { member })
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     // With peer TLS, a connection exists only once the peer presented a certificate from the peer
     // CA (see `tls`), so nothing below sees a stranger.
-    let incoming = crate::tls::accept_all(listeners).map(|conn| conn.map(crate::tls::CoalescedWrites::new));
-    tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await?;
-    Ok(())
+    crate::api::http2::serve(listeners, crate::api::http2::Services::new().add(service), shutdown).await;
 }

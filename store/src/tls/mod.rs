@@ -8,8 +8,8 @@
 //!   certificates.
 //! - [`incoming`]: an accept loop that performs handshakes concurrently, bounded in number and time.
 //! - [`certs`]: certificate generation for `keel certs`.
-//! - [`CoalescedWrites`] (`coalesce.rs`): every hyper/h2 connection (the peer API served, and
-//!   every dialled one) writes through it, so responses and requests finished together, and a response's payload and
+//! - [`CoalescedWrites`] (`coalesce.rs`): every dialled hyper/h2 connection (members to peers,
+//!   `keel ctl`, `keel bench`) writes through it, so responses and requests finished together, and a response's payload and
 //!   trailers, leave in one write.
 //!
 //! Invariant — rotation without restart: both kinds re-read their files when the files' size or
@@ -506,14 +506,6 @@ impl tokio::io::AsyncWrite for MaybeTls {
             MaybeTls::Plain(io) => io.is_write_vectored(),
             MaybeTls::Tls(io) => io.is_write_vectored(),
         }
-    }
-}
-
-impl tonic::transport::server::Connected for MaybeTls {
-    type ConnectInfo = Option<std::net::SocketAddr>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.remote_addr()
     }
 }
 
