@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -100,6 +100,8 @@ const MAX_STREAMS: u32 = 65_536;
 const STREAM_WINDOW: u32 = 1 << 21;
 /// Request bytes a connection may have unread across its streams.
 const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Read request bytes not yet credited back that make a handler's read wake the connection.
+const CREDIT_WAKE_BYTES: usize = 256 * 1024;
 /// HTTP/2's initial windows, before SETTINGS and WINDOW_UPDATE change them.
 const DEFAULT_WINDOW: i64 = 65_535;
 /// Largest window RFC 9113 allows.
@@ -246,6 +248,12 @@ struct Ready {
     /// Streams whose handler read request bytes since the connection last credited them; each id
     /// at most once until taken (`BodyState::read_queued`).
     reads: Mutex<Vec<u32>>,
+    /// Bytes read by handlers across the connection's streams and not yet taken for credit. A read
+    /// wakes the connection only when this reaches `CREDIT_WAKE_BYTES`: otherwise the next round
+    /// (any frame or response wakes one) takes it, which saves a cross-thread wake-up per
+    /// message on streaming calls. The bound keeps what waits far below the connection window, so
+    /// a client never stalls on credit nobody reported.
+    unreported: AtomicUsize,
     /// The connection task.
     task: AtomicWaker,
     /// Whether the connection task is inside its poll, where it takes both lists again before it
@@ -355,8 +363,9 @@ impl BodyShared {
     fn reset(&self) -> usize {
         let (unread, waker) = {
             let mut state = self.lock();
-            let unread = state.chunks.drain(..).map(|chunk| chunk.len()).sum::<usize>() + state.read_uncredited;
-            state.read_uncredited = 0;
+            let read = std::mem::take(&mut state.read_uncredited);
+            self.ready.unreported.fetch_sub(read, Ordering::SeqCst);
+            let unread = state.chunks.drain(..).map(|chunk| chunk.len()).sum::<usize>() + read;
             if state.end == BodyEnd::Open {
                 state.end = BodyEnd::Reset;
             }
@@ -372,7 +381,9 @@ impl BodyShared {
     fn take_read(&self) -> usize {
         let mut state = self.lock();
         state.read_queued = false;
-        std::mem::take(&mut state.read_uncredited)
+        let read = std::mem::take(&mut state.read_uncredited);
+        self.ready.unreported.fetch_sub(read, Ordering::SeqCst);
+        read
     }
 }
 
@@ -395,10 +406,15 @@ impl http_body::Body for RequestBody {
         let mut state = shared.lock();
         if let Some(chunk) = state.chunks.pop_front() {
             state.read_uncredited += chunk.len();
-            let notify = !std::mem::replace(&mut state.read_queued, true);
+            // Counted under the body's lock, which `take_read` and `reset` hold when they
+            // subtract, so the total never goes below what they take.
+            let before = shared.ready.unreported.fetch_add(chunk.len(), Ordering::SeqCst);
+            let queue = !std::mem::replace(&mut state.read_queued, true);
             drop(state);
-            if notify {
+            if queue {
                 shared.ready.reads.lock().unwrap_or_else(PoisonError::into_inner).push(shared.id);
+            }
+            if before + chunk.len() >= CREDIT_WAKE_BYTES {
                 shared.ready.notify();
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -1312,7 +1328,6 @@ fn encode_fields(status: Option<u16>, headers: &HeaderMap) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
