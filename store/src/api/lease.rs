@@ -8,17 +8,12 @@ use std::sync::Arc;
 use futures::Stream;
 use keel_proto::etcdserverpb as pb;
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, observe};
 use crate::auth::Access;
 use crate::error::StoreError;
 use crate::raft::{Command, CommandResponse};
-
-/// Keep-alive responses buffered per stream before the reader waits for the client.
-const KEEPALIVE_BUFFER: usize = 16;
 
 /// The Lease service.
 #[derive(Clone, Debug)]
@@ -84,36 +79,29 @@ impl pb::lease_server::Lease for LeaseService {
         let caller = self.api.caller(&request)?;
         self.api.auth().check_authenticated(caller.as_deref())?;
         metrics::counter!("keel_grpc_requests_total", "method" => "LeaseKeepAlive", "code" => "OK").increment(1);
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
-        let api = self.api.clone();
-        // Ends when the client closes its side or goes away (the send fails), or the server shuts
-        // down, dropping `tx`, which ends the response stream.
-        let shutting_down = api.shutting_down();
-        tokio::spawn(async move {
-            tokio::pin!(shutting_down);
-            loop {
-                let req = tokio::select! {
-                    next = inbound.message() => match next {
-                        Ok(Some(req)) => req,
-                        _ => return,
-                    },
-                    () = &mut shutting_down => return,
-                };
-                let reply = match api.member.renew_lease(req.id).await {
-                    Ok(ttl) => Ok(ttl),
-                    Err(StoreError::LeaseNotFound) => Ok(0),
-                    Err(err) => Err(Status::from(err)),
-                };
-                let message =
-                    reply.map(|ttl| pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl });
-                let failed = message.is_err();
-                if tx.send(message).await.is_err() || failed {
-                    return;
+        let inbound = request.into_inner();
+        // The response stream reads the next request itself, so each keep-alive is served where
+        // the connection polls its response (no task, channel and two wake-ups in between), one
+        // at a time per stream and only as fast as the client takes the answers. It ends when the
+        // client closes its side or goes away, after an error answer, or when the server shuts
+        // down.
+        let responses = futures::stream::unfold(Some((inbound, self.api.clone())), |state| async move {
+            let (mut inbound, api) = state?;
+            let req = inbound.message().await.ok().flatten()?;
+            match api.member.renew_lease(req.id).await {
+                Ok(ttl) => {
+                    let message = pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl };
+                    Some((Ok(message), Some((inbound, api))))
                 }
+                Err(StoreError::LeaseNotFound) => {
+                    let message = pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl: 0 };
+                    Some((Ok(message), Some((inbound, api))))
+                }
+                Err(err) => Some((Err(Status::from(err)), None)),
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = futures::StreamExt::take_until(responses, self.api.shutting_down());
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn lease_time_to_live(
