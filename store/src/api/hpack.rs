@@ -1,6 +1,7 @@
-//! Just enough HPACK (RFC 7541) to read a request's header block and write it back out: a decoder
-//! with the dynamic table and Huffman decoding, and an encoder that emits plain literals (no
-//! indexing, no Huffman), so a re-encoded block never depends on the receiver's dynamic table.
+//! Just enough HPACK (RFC 7541) for the HTTP/2 server (`http2`): a decoder for request header
+//! blocks, with the dynamic table and Huffman decoding, and response encoding as literals without
+//! indexing (static-table names and `:status` indexed, no Huffman), so a response never depends
+//! on, or changes, the client's dynamic table.
 //!
 //! Invariants: every length and integer is bounded before use, malformed input is an error (never a
 //! panic), and the dynamic table never exceeds the size the server advertised.

@@ -1,4 +1,5 @@
-//! The client API's HTTP/2 server: gRPC calls over HTTP/2 (RFC 9113), one task per connection.
+//! Keel's HTTP/2 server for the client and peer APIs: gRPC calls over HTTP/2 (RFC 9113), one task
+//! per connection.
 //!
 //! Why our own: under hyper and h2 a call crossed three tasks (the connection's, one spawned per
 //! stream, and the connection's again for flow-control capacity and the write), with the stream
@@ -181,7 +182,7 @@ pub enum ConnectionError {
     NoPreface,
 }
 
-/// Serves one client connection until the client closes it, it fails, or `shutdown` resolves and
+/// Serves one connection until the client closes it, it fails, or `shutdown` resolves and
 /// the open calls have finished (or `SHUTDOWN_GRACE` has passed).
 pub async fn serve_connection<S>(
     io: S,
@@ -225,11 +226,11 @@ pub(crate) async fn serve(
                     let services = services.clone();
                     connections.spawn(async move {
                         if let Err(e) = serve_connection(io, identity, services, stopped).await {
-                            tracing::debug!(error = %e, "client connection ended");
+                            tracing::debug!(error = %e, "connection ended");
                         }
                     });
                 }
-                Some(Err(e)) => tracing::debug!(error = %e, "accepting a client connection failed"),
+                Some(Err(e)) => tracing::debug!(error = %e, "accepting a connection failed"),
                 None => break,
             },
             // Reaps finished connections so the set holds only live ones.
