@@ -88,17 +88,14 @@ impl pb::lease_server::Lease for LeaseService {
         let responses = futures::stream::unfold(Some((inbound, self.api.clone())), |state| async move {
             let (mut inbound, api) = state?;
             let req = inbound.message().await.ok().flatten()?;
-            match api.member.renew_lease(req.id).await {
-                Ok(ttl) => {
-                    let message = pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl };
-                    Some((Ok(message), Some((inbound, api))))
-                }
-                Err(StoreError::LeaseNotFound) => {
-                    let message = pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl: 0 };
-                    Some((Ok(message), Some((inbound, api))))
-                }
-                Err(err) => Some((Err(Status::from(err)), None)),
-            }
+            let ttl = match api.member.renew_lease(req.id).await {
+                Ok(ttl) => ttl,
+                // etcd answers a keep-alive for an unknown lease with TTL 0.
+                Err(StoreError::LeaseNotFound) => 0,
+                Err(err) => return Some((Err(Status::from(err)), None)),
+            };
+            let message = pb::LeaseKeepAliveResponse { header: api.current_header(), id: req.id, ttl };
+            Some((Ok(message), Some((inbound, api))))
         });
         let responses = futures::StreamExt::take_until(responses, self.api.shutting_down());
         Ok(Response::new(Box::pin(responses)))

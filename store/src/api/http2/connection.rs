@@ -1,11 +1,11 @@
 //! One client connection's state and its poll loop: frames read and handled, streams polled,
 //! frames written (see the parent module for the protocol's invariants).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -100,8 +100,8 @@ pub(super) struct Connection<S> {
     streams: HashMap<u32, Stream>,
     /// Highest stream id the client opened (accepted or not).
     last_stream_id: u32,
-    /// Highest stream id accepted before GOAWAY; newer ones are refused.
-    goaway_sent: Option<u32>,
+    /// Whether GOAWAY was sent (at shutdown): streams opened after it are refused.
+    goaway_sent: bool,
     /// Whether the client sent GOAWAY (no new streams will come).
     goaway_received: bool,
     /// The client's settings.
@@ -113,8 +113,8 @@ pub(super) struct Connection<S> {
     conn_recv_window: i64,
     /// Request bytes read (or discarded) and not yet credited back at connection level.
     conn_credit: usize,
-    /// Streams waiting for the connection send window.
-    starved: Vec<u32>,
+    /// Streams waiting for the connection send window (a set: a stream blocked again is listed once).
+    starved: HashSet<u32>,
     /// Streams paused because the write buffer was full.
     paused: Vec<u32>,
     /// Set when the connection must close after writing what is buffered.
@@ -146,14 +146,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             open_block: None,
             streams: HashMap::new(),
             last_stream_id: 0,
-            goaway_sent: None,
+            goaway_sent: false,
             goaway_received: false,
             peer_initial_window: DEFAULT_WINDOW,
             peer_max_frame: MAX_FRAME,
             conn_send_window: DEFAULT_WINDOW,
             conn_recv_window: i64::from(CONNECTION_WINDOW),
             conn_credit: 0,
-            starved: Vec::new(),
+            starved: HashSet::new(),
             paused: Vec::new(),
             failed: None,
         };
@@ -241,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if let Some(failure) = &self.failed {
                     return Poll::Ready(Err(ConnectionError::Protocol { code: failure.code, reason: failure.reason }));
                 }
-                if self.streams.is_empty() && (self.read_closed || self.goaway_sent.is_some() || self.goaway_received) {
+                if self.streams.is_empty() && (self.read_closed || self.goaway_sent || self.goaway_received) {
                     return Poll::Ready(Ok(()));
                 }
                 if let Some(grace) = self.grace.as_mut()
@@ -273,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         self.shutdown = None;
-        self.goaway_sent = Some(self.last_stream_id);
+        self.goaway_sent = true;
         self.goaway_frame(NO_ERROR);
         self.grace = Some(Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
     }
@@ -480,7 +480,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Err(failure(PROTOCOL_ERROR, "even or decreasing client stream id"));
         }
         self.last_stream_id = id;
-        if self.goaway_sent.is_some() || self.streams.len() >= MAX_STREAMS as usize {
+        if self.goaway_sent || self.streams.len() >= MAX_STREAMS as usize {
             self.reset_frame(id, REFUSED_STREAM);
             return Ok(());
         }
@@ -551,13 +551,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     let delta = value - self.peer_initial_window;
                     self.peer_initial_window = value;
-                    for (id, stream) in &mut self.streams {
+                    for stream in self.streams.values_mut() {
                         stream.send_window += delta;
                         if stream.send_window > MAX_WINDOW {
                             return Err(failure(FLOW_CONTROL_ERROR, "stream window above 2^31-1"));
                         }
                         if delta > 0 {
-                            self.ready.polls.lock().unwrap_or_else(PoisonError::into_inner).push(*id);
+                            stream.waker_state.wake_by_ref();
                         }
                     }
                 }
@@ -589,8 +589,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.conn_send_window > MAX_WINDOW {
                 return Err(failure(FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
             }
-            let starved = std::mem::take(&mut self.starved);
-            self.ready.polls.lock().unwrap_or_else(PoisonError::into_inner).extend(starved);
+            for id in std::mem::take(&mut self.starved) {
+                if let Some(stream) = self.streams.get(&id) {
+                    stream.waker_state.wake_by_ref();
+                }
+            }
             return Ok(());
         }
         let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
@@ -689,7 +692,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if window <= 0 {
                     if stream.send_window > 0 {
                         // The connection window is what is missing; its update wakes us.
-                        self.starved.push(id);
+                        self.starved.insert(id);
                     }
                     return Outcome::Open;
                 }
