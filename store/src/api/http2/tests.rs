@@ -143,6 +143,18 @@ fn request_block(method: &str, authority: &str, extra: &[(&str, &str)]) -> Vec<u
 }
 
 impl Harness {
+    /// A PING round trip: once its answer is read, the server has handled every frame sent before
+    /// it (it reads frames in order) and written what they produced ahead of the answer.
+    async fn barrier(&mut self) {
+        self.frame(PING, 0, 0, b"barrier!").await;
+        assert_eq!(self.next().await.kind, PING);
+    }
+
+    /// Signals the server to shut down; a harness shuts down once.
+    fn shut_down(&mut self) {
+        self.shutdown.take().expect("shut down once").send(()).expect("server listening");
+    }
+
     /// A served connection whose client has sent the preface and `settings`, and read the
     /// server's SETTINGS and connection WINDOW_UPDATE.
     async fn start(settings: &[(u16, u32)]) -> Self {
@@ -320,12 +332,10 @@ async fn request_bytes_are_credited_back_as_the_handler_reads_them() {
 async fn a_reset_from_the_client_cancels_its_call() {
     let mut h = Harness::start(&[]).await;
     h.frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("Hang", "x", &[])).await;
-    h.frame(PING, 0, 0, b"barrier!").await;
-    assert_eq!(h.next().await.kind, PING);
+    h.barrier().await;
     assert_eq!(h.dropped.load(Ordering::SeqCst), 0);
     h.frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()).await;
-    h.frame(PING, 0, 0, b"barrier!").await;
-    assert_eq!(h.next().await.kind, PING);
+    h.barrier().await;
     assert_eq!(h.dropped.load(Ordering::SeqCst), 1);
 }
 
@@ -383,9 +393,8 @@ async fn a_connection_without_the_preface_is_closed() {
 async fn shutdown_says_goaway_refuses_new_streams_and_lets_open_calls_finish() {
     let mut h = Harness::start(&[]).await;
     h.frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("Gate", "x", &[])).await;
-    h.frame(PING, 0, 0, b"barrier!").await;
-    assert_eq!(h.next().await.kind, PING);
-    h.shutdown.take().expect("once").send(()).expect("server listening");
+    h.barrier().await;
+    h.shut_down();
     let goaway = h.next().await;
     assert_eq!(goaway.kind, GOAWAY);
     assert_eq!(u32::from_be_bytes(goaway.payload[..4].try_into().expect("4 bytes")), 1, "last stream accepted");
@@ -405,9 +414,8 @@ async fn shutdown_says_goaway_refuses_new_streams_and_lets_open_calls_finish() {
 async fn open_calls_get_a_bounded_grace_after_shutdown() {
     let mut h = Harness::start(&[]).await;
     h.frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("Hang", "x", &[])).await;
-    h.frame(PING, 0, 0, b"barrier!").await;
-    assert_eq!(h.next().await.kind, PING);
-    h.shutdown.take().expect("once").send(()).expect("server listening");
+    h.barrier().await;
+    h.shut_down();
     assert_eq!(h.next().await.kind, GOAWAY);
     assert!(h.server.await.expect("server task").is_ok(), "the grace period ended the connection");
     assert_eq!(h.dropped.load(Ordering::SeqCst), 1, "and cancelled the call still open");
